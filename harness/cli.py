@@ -1,0 +1,147 @@
+"""``harness`` command line: run, validate, table, list, plugins.
+
+User errors (bad files, fields, names, arguments) print one clear line and exit with code 2; a benchmark
+whose runs did not all finish ``ok`` exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from harness.errors import HarnessError
+
+
+def _parser() -> argparse.ArgumentParser:
+    plugin_help = "load a plugin module by import path (repeatable)"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-p", "--plugin", action="append", default=[], metavar="MODULE", help=plugin_help)
+    parser = argparse.ArgumentParser(prog="harness",
+                                     description="Benchmark harness for multimodal representation learning")
+    # before or after the command, like pytest's -p; kept apart so the subcommand's default can't erase it
+    parser.add_argument("-p", "--plugin", action="append", default=[], metavar="MODULE",
+                        dest="plugin_before_command", help=plugin_help)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("file", help="benchmark YAML file")
+        p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
+                       help="override a field, e.g. --set defaults.train.epochs=2 (repeatable)")
+
+    p = sub.add_parser("run", parents=[common], help="train and evaluate every method x seed")
+    config_args(p)
+    p.add_argument("--out", default="results", help="results folder (default: results)")
+    p.add_argument("--overwrite", action="store_true", help="redo runs that already have an ok result")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("validate", parents=[common], help="check a benchmark file without training")
+    config_args(p)
+
+    p = sub.add_parser("table", parents=[common], help="comparison table from result files")
+    p.add_argument("directory", help="a benchmark's results folder, e.g. results/shapes")
+    p.add_argument("--format", default="github", choices=["github", "latex", "html", "csv"])
+    p.add_argument("--metrics", nargs="+", metavar="METRIC", help="columns (default: the benchmark's report)")
+    p.add_argument("--output", "-o", help="write the table to this file instead of stdout")
+
+    p = sub.add_parser("list", parents=[common], help="list registered components")
+    p.add_argument("kind", nargs="?", help="encoder, loss, sampler, evaluator, dataset or estimator")
+
+    sub.add_parser("plugins", parents=[common], help="list installed plugins and their hooks")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.plugin = [*args.plugin_before_command, *args.plugin]
+    try:
+        return _dispatch(args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted; finished result files are kept", file=sys.stderr)
+        return 130
+
+
+def _registry(args: argparse.Namespace):
+    from harness.registry import default_registry, load_plugins
+    registry = load_plugins(args.plugin) if args.plugin else default_registry()
+    return registry
+
+
+def _report_load_errors(registry) -> None:
+    for err in registry.load_errors:
+        print(f"warning: plugin {err.name!r} failed to load: {err.error}", file=sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from harness.runner import run
+        outcome = run(args.file, args.out, overrides=args.overrides, plugins=args.plugin,
+                      overwrite=args.overwrite, progress=not args.no_progress)
+        print(outcome.table)
+        print(f"\nresults: {outcome.directory}", file=sys.stderr)
+        return 0 if outcome.ok else 1
+
+    if args.command == "validate":
+        from harness.runner import plan, prepare
+        spec, registry, _ = prepare(args.file, overrides=args.overrides, plugins=args.plugin)
+        _report_load_errors(registry)
+        jobs = plan(spec)
+        print(f"{args.file}: ok — {len(spec.methods)} method(s) × {len(spec.seeds)} seed(s) = "
+              f"{len(jobs)} run(s) on dataset {spec.dataset.name!r}")
+        for m in spec.methods:
+            objective = f"loss {m.loss.name}" if m.loss else f"estimator {m.estimator.name}"
+            sampler = f", sampler {m.sampler.name}" if m.sampler else ""
+            print(f"  {m.name}: {m.encoders.image.name} + {m.encoders.text.name}, {objective}{sampler}")
+        return 0
+
+    if args.command == "table":
+        from harness.results import load_results
+        from harness.tables import build_table
+        directory = Path(args.directory)
+        if not directory.is_dir():
+            raise HarnessError(f"{directory}: not a folder")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results = load_results(directory)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        if not results:
+            raise HarnessError(f"{directory}: no result files (expected <method>/seed-<n>.json)")
+        text = build_table(results, args.metrics, args.format)
+        if args.output:
+            Path(args.output).write_text(text + "\n")
+        else:
+            print(text)
+        return 0
+
+    registry = _registry(args)
+    _report_load_errors(registry)
+    if args.command == "list":
+        from tabulate import tabulate
+        from harness.registry import KINDS
+        kinds = [args.kind] if args.kind else list(KINDS)
+        rows = []
+        for kind in kinds:
+            names = registry.available(kind)[kind]
+            for name in names:
+                comp = registry.get(kind, name)
+                rows.append([kind, name, comp.plugin, comp.description])
+        print(tabulate(rows, headers=["kind", "name", "plugin", "description"], tablefmt="simple"))
+        return 0
+
+    if args.command == "plugins":
+        from tabulate import tabulate
+        rows = [[p.name, p.version or "", p.source, ", ".join(p.hooks)] for p in registry.plugins.values()]
+        rows += [[e.name, "", "FAILED", e.error] for e in registry.load_errors]
+        print(tabulate(rows, headers=["plugin", "version", "source", "hooks"], tablefmt="simple"))
+        return 0
+    raise HarnessError(f"unknown command {args.command!r}")  # pragma: no cover - argparse prevents it
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

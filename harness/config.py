@@ -1,0 +1,317 @@
+"""Benchmark files: safe YAML loading, ``--set`` overrides, defaults, sweeps and a typed schema.
+
+Every error names the file, the field path and what was expected (:class:`harness.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
+                      ValidationError, field_validator, model_validator)
+
+from harness.errors import ConfigError
+
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+@=,\-]*$"  # becomes a directory name
+
+
+class ComponentSpec(BaseModel):
+    """``{name: ..., <params>}``: a registered component and its parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 128
+    optimizer: Literal["adamw", "adam", "sgd", "lbfgs"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.01
+    momentum: NonNegativeFloat = 0.9  # sgd only
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: NonNegativeFloat = 0.0
+    step_size: PositiveInt = 10  # epochs between lr drops ("step" schedule)
+    gamma: PositiveFloat = 0.1  # lr factor per drop ("step" schedule)
+    grad_clip: PositiveFloat | None = None  # max global gradient norm
+    lbfgs_max_iter: PositiveInt = 20  # iterations per epoch with the full-batch L-BFGS optimizer
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    eval_batch_size: PositiveInt = 512
+
+
+class EncodersSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: ComponentSpec | None = None
+    text: ComponentSpec | None = None
+
+
+class MethodSpec(BaseModel):
+    """One method of a benchmark: gradient-trained (``loss``) or closed-form (``estimator``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=SAFE_NAME)
+    encoders: EncodersSpec = EncodersSpec()
+    embed_dim: PositiveInt = 64
+    loss: ComponentSpec | None = None
+    sampler: ComponentSpec | None = None
+    estimator: ComponentSpec | None = None
+    train: TrainSpec = TrainSpec()
+
+    @model_validator(mode="after")
+    def _one_objective(self) -> "MethodSpec":
+        if (self.loss is None) == (self.estimator is None):
+            raise ValueError("a method needs exactly one of 'loss' (gradient-trained) or "
+                             "'estimator' (closed-form)")
+        if self.sampler is not None and self.loss is None:
+            raise ValueError("'sampler' needs a 'loss'")
+        if self.encoders.image is None or self.encoders.text is None:
+            raise ValueError("'encoders' needs both 'image' and 'text' (set them in 'defaults' or "
+                             "the method)")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "gradient" if self.loss is not None else "closed-form"
+
+
+class ReportSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metrics: list[str] = []
+
+
+class BenchmarkSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=SAFE_NAME)
+    dataset: ComponentSpec
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1)
+    evaluators: list[ComponentSpec] = Field(default_factory=lambda: [ComponentSpec(name="retrieval")])
+    report: ReportSpec = ReportSpec()
+    plugins: list[str] = []  # extra plugin modules, like --plugin
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be unique, got {seeds}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "BenchmarkSpec":
+        for what, names in (("method", [m.name for m in self.methods]),
+                            ("evaluator", [e.name for e in self.evaluators])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what} names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+# --- loading ------------------------------------------------------------------------------------------
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a benchmark file with ``yaml.safe_load`` (no tags are ever executed)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read benchmark file: {exc.strerror or exc}", file=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {problem}", file=str(path), field=where) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}",
+                          file=str(path))
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str], file: str | None = None) -> dict:
+    """Apply ``key.path=value`` overrides; values are parsed as YAML scalars/flow collections.
+
+    A path step into a list may be an index (``methods.0``) or an item's name (``methods.infonce``).
+    """
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY.PATH=VALUE, got {item!r}", file=file, field="--set")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"cannot parse value {raw!r}", file=file, field=key) from None
+        steps = [s for s in key.strip().split(".") if s]
+        if not steps:
+            raise ConfigError(f"--set expects KEY.PATH=VALUE, got {item!r}", file=file, field="--set")
+        node: Any = data
+        for i, step in enumerate(steps):
+            last = i == len(steps) - 1
+            where = ".".join(steps[:i + 1])
+            if isinstance(node, list):
+                index = _list_index(node, step)
+                if index is None:
+                    raise ConfigError(f"no list item {step!r} (use an index or an item's name)",
+                                      file=file, field=where)
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[step] = value
+                else:
+                    node = node.setdefault(step, {})
+                    if node is None:
+                        node = {}
+            else:
+                raise ConfigError(f"cannot set a key inside a {type(node).__name__}", file=file,
+                                  field=where)
+    return data
+
+
+def _list_index(items: list, step: str) -> int | None:
+    if re.fullmatch(r"-?\d+", step):
+        index = int(step)
+        return index if -len(items) <= index < len(items) else None
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == step:
+            return i
+    return None
+
+
+def merge_defaults(defaults: Mapping[str, Any], method: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``defaults`` under ``method``. A component the method names differently replaces the
+    default one whole, since another component's parameters would not apply."""
+    merged = copy.deepcopy(dict(defaults))
+    for key, value in method.items():
+        base = merged.get(key)
+        if isinstance(base, dict) and isinstance(value, dict):
+            if "name" in base and "name" in value and base["name"] != value["name"]:
+                merged[key] = copy.deepcopy(value)
+            else:
+                merged[key] = merge_defaults(base, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def expand_sweep(method: dict[str, Any], file: str | None = None, where: str = "") -> list[dict]:
+    """``sweep: {loss.temperature: [0.05, 0.1]}`` → one variant per grid point, named
+    ``<name>@temperature=0.05`` (the last path step labels a value unless two keys share it)."""
+    sweep = method.pop("sweep", None)
+    if sweep is None:
+        return [method]
+    if not isinstance(sweep, dict) or not sweep:
+        raise ConfigError("expected a mapping of KEY.PATH: [values]", file=file, field=f"{where}.sweep")
+    keys, grids = [], []
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError("expected a non-empty list of values", file=file,
+                              field=f"{where}.sweep.{key}")
+        keys.append(str(key))
+        grids.append(values)
+    leaves = [k.split(".")[-1] for k in keys]
+    labels = [leaf if leaves.count(leaf) == 1 else key for leaf, key in zip(leaves, keys)]
+    variants = []
+    for combo in itertools.product(*grids):
+        variant = copy.deepcopy(method)
+        for key, value in zip(keys, combo):
+            node = variant
+            steps = key.split(".")
+            for step in steps[:-1]:
+                child = node.setdefault(step, {})
+                if not isinstance(child, dict):
+                    raise ConfigError(f"{step!r} is not a mapping", file=file, field=f"{where}.sweep.{key}")
+                node = child
+            node[steps[-1]] = value
+        suffix = ",".join(f"{label}={_short(v)}" for label, v in zip(labels, combo))
+        variant["name"] = f"{method.get('name', 'method')}@{suffix}"
+        variants.append(variant)
+    return variants
+
+
+def _short(value: Any) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def resolve(data: Mapping[str, Any], file: str | None = None) -> BenchmarkSpec:
+    """Merge defaults, expand sweeps and validate into a :class:`BenchmarkSpec`."""
+    data = dict(data)
+    defaults = data.pop("defaults", None) or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError("expected a mapping", file=file, field="defaults")
+    methods = data.get("methods")
+    if isinstance(methods, list):
+        expanded = []
+        for i, method in enumerate(methods):
+            if not isinstance(method, dict):
+                raise ConfigError(f"expected a mapping with a 'name', got {method!r}", file=file,
+                                  field=f"methods[{i}]")
+            label = f"methods[{method.get('name', i)}]"
+            expanded.extend(expand_sweep(merge_defaults(defaults, method), file, label))
+        data["methods"] = expanded
+    try:
+        return BenchmarkSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, data, file) from None
+
+
+def _config_error(exc: ValidationError, data: Mapping[str, Any], file: str | None) -> ConfigError:
+    messages, first_field = [], None
+    for err in exc.errors():
+        field = _field_path(err["loc"], data)
+        first_field = first_field or field
+        detail = err["msg"]
+        if err["type"] == "extra_forbidden":
+            detail = "unknown field"
+        elif err["type"] == "missing":
+            detail = "required field is missing"
+        elif "input" in err and err["type"] not in ("value_error",):
+            detail += f" (got {err['input']!r})"
+        messages.append((field, detail))
+    if len(messages) == 1:
+        return ConfigError(messages[0][1], file=file, field=messages[0][0])
+    listing = "; ".join(f"{f}: {m}" for f, m in messages)
+    return ConfigError(f"{len(messages)} problems: {listing}", file=file, field=first_field)
+
+
+def _field_path(loc: tuple, data: Mapping[str, Any]) -> str:
+    """``('methods', 1, 'train', 'lr')`` → ``methods[vse++].train.lr`` (names are easier to find)."""
+    parts: list[str] = []
+    node: Any = data
+    for step in loc:
+        if isinstance(step, int):
+            name = node[step].get("name") if isinstance(node, list) and step < len(node) and \
+                isinstance(node[step], dict) else None
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{name if name else step}]"]
+        else:
+            parts.append(str(step))
+        try:
+            node = node[step]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return ".".join(parts)
+
+
+def load_benchmark(source: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()
+                   ) -> tuple[BenchmarkSpec, str | None]:
+    """A benchmark from a path or a dict, with overrides applied. Returns ``(spec, file)``."""
+    if isinstance(source, Mapping):
+        file, data = None, copy.deepcopy(dict(source))
+    else:
+        file, data = str(source), load_yaml(source)
+    data = apply_overrides(data, overrides, file)
+    return resolve(data, file), file

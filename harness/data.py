@@ -1,0 +1,94 @@
+"""Dataset shapes shared by every dataset plugin: a split of aligned samples and the dataset's info."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass
+class DatasetInfo:
+    """What encoders and evaluators may know about a dataset before seeing its samples."""
+
+    name: str
+    image_shape: tuple[int, ...] = ()  # e.g. (3, 64, 64), or (d,) for feature vectors
+    text_kind: str = "caption"  # "caption" (strings) or "vector" (a second numeric view)
+    text_dim: int | None = None  # feature size when text_kind == "vector"
+    vocab: list[str] = field(default_factory=list)
+    word_categories: dict[str, str] = field(default_factory=dict)  # word -> color/shape/size/relation/function
+    class_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Split:
+    """Aligned samples of one split.
+
+    ``images[i]`` is image i (a ``uint8 [N, C, H, W]`` tensor or array, or an ``[N, d]`` feature view);
+    ``texts[j]`` is text j (a caption string, or a row of a second view) and ``text_to_image[j]`` the
+    image it describes — an image may have any number of texts. ``extras`` holds per-image arrays
+    (``labels``, ``gaze``, ``objects``...) whose first axis is N.
+    """
+
+    name: str
+    images: Any
+    texts: Sequence[Any]
+    text_to_image: np.ndarray
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.text_to_image = np.asarray(self.text_to_image, dtype=np.int64)
+        if len(self.texts) != len(self.text_to_image):
+            raise ValueError(f"split {self.name!r}: {len(self.texts)} texts but "
+                             f"{len(self.text_to_image)} text_to_image entries")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self.extras.get("labels")
+
+    def texts_of_image(self) -> list[np.ndarray]:
+        """For each image, the indices of its texts (possibly empty)."""
+        order = np.argsort(self.text_to_image, kind="stable")
+        bounds = np.searchsorted(self.text_to_image[order], np.arange(len(self) + 1))
+        return [order[bounds[i]:bounds[i + 1]] for i in range(len(self))]
+
+    def take_texts(self, index: np.ndarray) -> Any:
+        if isinstance(self.texts, (list, tuple)):
+            return [self.texts[j] for j in index]
+        return self.texts[index]
+
+    def fingerprint(self) -> str:
+        """A content hash of the split (images, texts and alignment), stable across processes."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(np.ascontiguousarray(np.asarray(self.images)).tobytes())
+        if isinstance(self.texts, (list, tuple)):
+            h.update("\x1f".join(map(str, self.texts)).encode())
+        else:
+            h.update(np.ascontiguousarray(np.asarray(self.texts)).tobytes())
+        h.update(self.text_to_image.tobytes())
+        return h.hexdigest()
+
+
+class Dataset:
+    """Base for dataset plugins: ``split(name)`` returns a :class:`Split`; ``info`` a :class:`DatasetInfo`.
+
+    Splits are ``train``, ``val`` and ``test``; they must be deterministic functions of the dataset's
+    parameters so that every method and seed sees the same data.
+    """
+
+    splits: tuple[str, ...] = ("train", "val", "test")
+    info: DatasetInfo
+
+    def split(self, name: str) -> Split:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        for name in self.splits:
+            h.update(self.split(name).fingerprint().encode())
+        return h.hexdigest()

@@ -1,0 +1,115 @@
+"""The harness contract: every extension point a plugin can implement, in one file.
+
+A plugin is a module (or object) with functions marked ``@harness.hookimpl`` whose names match the
+specs below. Bundled methods (``harness_plugins``) and third-party packages register the same way: an
+entry point in group ``"harness"`` naming the module, or ``harness --plugin MODULE`` on the command line.
+
+Registration hooks receive a ``register(name, factory)`` callback, so one plugin can register many
+components. ``factory`` is a class or function; its keyword parameters are the component's parameters
+as written in the benchmark YAML (``{name: infonce, temperature: 0.07}``), checked against its signature
+before anything trains. The first line of the factory's docstring is the one-line description that
+``harness list`` prints. Factories may also accept these *context* parameters, which the runner fills in
+and users never write: ``embed_dim`` (int), ``dataset_info`` (:class:`harness.data.DatasetInfo`) and,
+for encoders, ``modality`` (``"image"`` or ``"text"``: the side of the pair the encoder is built for).
+
+Lifecycle hooks observe a benchmark as it runs (loggers, reporters, dashboards). They must not change
+what is trained; an exception in one is reported and does not stop the benchmark.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "harness"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# --- registration hooks -------------------------------------------------------------------------------
+
+
+@hookspec
+def register_encoders(register):
+    """Register encoders: ``register(name, factory)``.
+
+    The factory builds a :class:`harness.components.Encoder` (a ``torch.nn.Module``) that maps one
+    modality's prepared batch to ``[B, D]`` (or ``[B, N, D]`` token/location features for grounding
+    methods) and exposes ``output_dim``, ``modality`` and ``prepare(raw_batch)``.
+    """
+
+
+@hookspec
+def register_losses(register):
+    """Register losses: ``register(name, factory)``.
+
+    The factory builds a ``torch.nn.Module`` called as ``loss(image_emb, text_emb, **extras)`` on two
+    ``[B, D]`` tensors whose row i is a matching pair, returning a 0-dim tensor (its formula belongs in
+    the class docstring). Extras (``labels``, ``gaze``, ``negatives``…) are passed only if ``forward``
+    names them.
+    """
+
+
+@hookspec
+def register_samplers(register):
+    """Register samplers: ``register(name, factory)``.
+
+    The factory builds a :class:`harness.components.Sampler`, which decides the negatives a loss sees
+    (in-batch, a MoCo queue, a re-ranked pool) and may keep state across steps.
+    """
+
+
+@hookspec
+def register_evaluators(register):
+    """Register evaluators: ``register(name, factory)``.
+
+    The factory builds a :class:`harness.components.Evaluator`: ``evaluate(context) -> {metric: float}``
+    plus ``higher_is_better(metric) -> bool`` so tables can mark the best value.
+    """
+
+
+@hookspec
+def register_datasets(register):
+    """Register datasets: ``register(name, factory)``.
+
+    The factory builds a :class:`harness.data.Dataset` whose ``split(name)`` returns aligned samples
+    (images, captions, labels, and optional gaze maps, objects, relations) and whose ``info`` describes
+    the vocabulary and classes.
+    """
+
+
+@hookspec
+def register_estimators(register):
+    """Register closed-form estimators: ``register(name, factory)``.
+
+    The factory builds an sklearn-style object with ``fit(X, Y) -> self``,
+    ``transform(X, Y) -> (U, V)`` and ``correlations(X, Y)`` (linear CCA, kernel CCA, ...).
+    """
+
+
+# --- lifecycle hooks ----------------------------------------------------------------------------------
+
+
+@hookspec
+def on_benchmark_start(benchmark, jobs):
+    """Called once before any run: ``benchmark`` is the validated config, ``jobs`` the runs to do."""
+
+
+@hookspec
+def on_run_start(job):
+    """Called before one (method, seed) run trains; ``job`` is its resolved, serializable description."""
+
+
+@hookspec
+def on_epoch_end(job, epoch, logs):
+    """Called after each training epoch of a gradient-trained run; ``logs`` holds loss, lr, seconds."""
+
+
+@hookspec
+def on_run_end(job, result):
+    """Called after a run's result file is written; ``result`` is the :class:`harness.results.RunResult`."""
+
+
+@hookspec
+def on_benchmark_end(benchmark, results):
+    """Called once after every run, with all result objects (including skipped, already-finished runs)."""

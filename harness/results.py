@@ -1,0 +1,131 @@
+"""The typed result file: one JSON per (method, seed), written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import warnings
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+import harness
+
+SCHEMA_VERSION = 1
+Status = Literal["ok", "failed", "diverged"]
+
+
+class Provenance(BaseModel):
+    harness_version: str
+    git_sha: str | None = None
+    python: str
+    torch: str | None = None
+    cuda: str | None = None
+    device: str | None = None
+    platform: str
+    started_at: datetime
+    finished_at: datetime
+    duration_s: float
+
+
+class DatasetRecord(BaseModel):
+    name: str
+    params: dict[str, Any]
+    fingerprint: str
+
+
+class RunResult(BaseModel):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    benchmark: str
+    method: str
+    method_index: int = 0  # position in the benchmark file, so tables keep its order
+    seed: int
+    status: Status
+    error: str | None = None
+    traceback: str | None = None
+    metrics: dict[str, float | None] = {}
+    higher_is_better: dict[str, bool] = {}
+    report_metrics: list[str] = []
+    config: dict[str, Any]  # the fully resolved method config (defaults merged, sweeps expanded)
+    dataset: DatasetRecord | None = None
+    history: list[dict[str, Any]] = []
+    provenance: Provenance
+
+
+def result_path(out_dir: str | Path, benchmark: str, method: str, seed: int) -> Path:
+    return Path(out_dir) / benchmark / method / f"seed-{seed}.json"
+
+
+def write_result(path: str | Path, result: RunResult) -> None:
+    """Write via a temp file in the same folder + fsync + rename: a reader (or a ``kill -9``) never
+    sees a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(result.model_dump_json(indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_result(path: str | Path) -> RunResult:
+    return RunResult.model_validate_json(Path(path).read_text())
+
+
+def load_results(directory: str | Path) -> list[RunResult]:
+    """Every valid result file under ``directory`` (a benchmark folder). Unreadable files are warned
+    about and skipped; leftover temp files from a killed run are ignored."""
+    results = []
+    for path in sorted(Path(directory).glob("**/seed-*.json")):
+        try:
+            results.append(read_result(path))
+        except (OSError, ValueError, ValidationError) as exc:
+            warnings.warn(f"skipping unreadable result file {path}: {str(exc).splitlines()[0]}",
+                          stacklevel=2)
+    return results
+
+
+@lru_cache(maxsize=1)
+def git_sha() -> str | None:
+    """The harness checkout's commit, when it is a git checkout (editable installs)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(harness.__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance(started_at: datetime, finished_at: datetime, duration_s: float,
+               device: str | None) -> Provenance:
+    try:
+        import torch
+        torch_version, cuda = torch.__version__, torch.version.cuda
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch_version = cuda = None
+    return Provenance(harness_version=harness.__version__, git_sha=git_sha(),
+                      python=sys.version.split()[0], torch=torch_version, cuda=cuda, device=device,
+                      platform=platform.platform(), started_at=started_at, finished_at=finished_at,
+                      duration_s=round(duration_s, 3))
+
+
+def to_jsonable(value: Any) -> Any:
+    """Config values as plain JSON types (tuples → lists)."""
+    return json.loads(json.dumps(value, default=str))

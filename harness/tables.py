@@ -1,0 +1,144 @@
+"""Comparison tables built from result files alone (never from memory)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+import statistics
+from collections import Counter
+from typing import Iterable, Literal, Sequence
+
+from tabulate import tabulate
+
+from harness.results import RunResult
+
+Format = Literal["github", "latex", "html", "csv"]
+FORMATS: tuple[str, ...] = ("github", "latex", "html", "csv")
+
+
+class MethodRow:
+    """All runs of one method: their statuses and per-metric values over ``ok`` seeds."""
+
+    def __init__(self, method: str, runs: list[RunResult]):
+        self.method = method
+        self.runs = sorted(runs, key=lambda r: r.seed)
+        self.ok = [r for r in self.runs if r.status == "ok"]
+        self.order = min(r.method_index for r in runs)
+
+    def values(self, metric: str) -> list[float]:
+        return [float(r.metrics[metric]) for r in self.ok
+                if r.metrics.get(metric) is not None and math.isfinite(r.metrics[metric])]
+
+    def mean_std(self, metric: str) -> tuple[float, float] | None:
+        values = self.values(metric)
+        if not values:
+            return None
+        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+    def status(self) -> str:
+        counts = Counter(r.status for r in self.runs)
+        if set(counts) == {"ok"}:
+            return "ok"
+        return ", ".join(f"{counts[s]} {s}" for s in ("ok", "diverged", "failed") if counts[s])
+
+
+def group_runs(results: Iterable[RunResult]) -> list[MethodRow]:
+    by_method: dict[str, list[RunResult]] = {}
+    for r in results:
+        by_method.setdefault(r.method, []).append(r)
+    return sorted((MethodRow(m, runs) for m, runs in by_method.items()), key=lambda row: (row.order, row.method))
+
+
+def default_metrics(results: Sequence[RunResult]) -> list[str]:
+    """The benchmark's ``report.metrics`` when the files carry them, else every metric seen."""
+    for r in results:
+        if r.report_metrics:
+            return list(r.report_metrics)
+    seen: dict[str, None] = {}
+    for r in results:
+        seen.update(dict.fromkeys(r.metrics))
+    return list(seen)
+
+
+def directions(results: Sequence[RunResult]) -> dict[str, bool]:
+    out: dict[str, bool] = {}
+    for r in results:
+        out.update(r.higher_is_better)
+    return out
+
+
+def _number(x: float) -> str:
+    magnitude = abs(x)
+    return f"{x:.1f}" if magnitude >= 100 else f"{x:.2f}" if magnitude >= 1 else f"{x:.3f}"
+
+
+def build_table(results: Sequence[RunResult], metrics: Sequence[str] | None = None,
+                fmt: str = "github") -> str:
+    """One row per method: mean ± sample std over ``ok`` seeds, the seed count, the status of every
+    run (failed and diverged runs are shown, not hidden); the best mean per column is marked."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    rows = group_runs(results)
+    metrics = list(metrics) if metrics else default_metrics(results)
+    higher = directions(results)
+    best = {m: _best_mean(rows, m, higher.get(m, True)) for m in metrics}
+    if fmt == "csv":
+        return _csv(rows, metrics, best)
+
+    def mark(text: str) -> str:
+        return {"github": f"**{text}**", "latex": rf"\textbf{{{text}}}", "html": f"<b>{text}</b>"}[fmt]
+
+    def esc(text: str) -> str:
+        return html.escape(text) if fmt == "html" else _latex_escape(text) if fmt == "latex" else text
+
+    pm = r"$\pm$" if fmt == "latex" else "±"
+    arrows = {True: "↑", False: "↓"} if fmt != "latex" else {True: r"$\uparrow$", False: r"$\downarrow$"}
+    headers = [esc("method"), esc("seeds"), esc("status")] + [
+        f"{esc(m)} {arrows[higher.get(m, True)]}" for m in metrics]
+    body = []
+    for row in rows:
+        cells = [esc(row.method), str(len(row.ok)), esc(row.status())]
+        for m in metrics:
+            stats = row.mean_std(m)
+            if stats is None:
+                cells.append("—")
+                continue
+            mean, std = stats
+            text = _number(mean) if len(row.values(m)) == 1 else f"{_number(mean)} {pm} {_number(std)}"
+            cells.append(mark(text) if best[m] is not None and mean == best[m] else text)
+        body.append(cells)
+    tablefmt = {"github": "github", "latex": "latex_raw", "html": "unsafehtml"}[fmt]
+    return tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def _best_mean(rows: list[MethodRow], metric: str, higher_is_better: bool) -> float | None:
+    means = [s[0] for s in (row.mean_std(metric) for row in rows) if s is not None]
+    if not means:
+        return None
+    return max(means) if higher_is_better else min(means)
+
+
+def _csv(rows: list[MethodRow], metrics: list[str], best: dict[str, float | None]) -> str:
+    """Machine-readable: numeric mean and std columns, plus which metrics the row is best on."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method", "seeds", "status", *[c for m in metrics for c in (m, f"{m} std")], "best"])
+    for row in rows:
+        values, best_on = [], []
+        for m in metrics:
+            stats = row.mean_std(m)
+            values += ["", ""] if stats is None else [repr(stats[0]), repr(stats[1])]
+            if stats is not None and stats[0] == best[m]:
+                best_on.append(m)
+        writer.writerow([row.method, len(row.ok), row.status(), *values, ";".join(best_on)])
+    return buffer.getvalue()
+
+
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)

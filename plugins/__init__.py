@@ -1,0 +1,1 @@
+"""Bundled method plugins, registered through the same entry points as third-party plugins."""

@@ -1,0 +1,190 @@
+"""Bundled encoders: a small CNN, a GRU over the dataset's own vocabulary, an MLP for feature vectors,
+and fixed feature extractors (downsampled pixels, bag of words) for closed-form methods."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import hookimpl
+from harness.components import Encoder
+from harness.data import DatasetInfo
+
+
+def _image_float(raw) -> torch.Tensor:
+    """uint8 [B, C, H, W] → float in roughly [-2, 2]; float input is taken as already in [0, 1]."""
+    x = torch.as_tensor(np.asarray(raw) if not isinstance(raw, torch.Tensor) else raw)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    return (x - 0.5) / 0.25
+
+
+class SmallCNN(Encoder):
+    """Four stride-2 conv blocks then a linear projection; keeps the coarse layout (for relations)."""
+
+    modality = "image"
+
+    def __init__(self, embed_dim: int = 64, channels: Sequence[int] = (16, 32, 64, 64),
+                 dataset_info: DatasetInfo | None = None):
+        super().__init__()
+        shape = tuple(dataset_info.image_shape) if dataset_info and dataset_info.image_shape else (3, 64, 64)
+        if len(shape) != 3:
+            raise ValueError(f"small-cnn needs images shaped (C, H, W); this dataset's are {shape}")
+        layers, c_in = [], shape[0]
+        for c_out in channels:
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        with torch.no_grad():
+            flat = self.features.eval()(torch.zeros(1, *shape)).numel()
+        self.features.train()
+        self.project = nn.Linear(flat, embed_dim)
+        self.output_dim = embed_dim
+
+    def prepare(self, raw) -> torch.Tensor:
+        return _image_float(raw)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.project(self.features(images).flatten(1))
+
+
+class WordTokenizer:
+    """Lower-cased words from a fixed vocabulary; index 0 pads, index 1 is unknown."""
+
+    PAD, UNK = 0, 1
+    pattern = re.compile(r"[a-z0-9]+")
+
+    def __init__(self, vocab: Sequence[str]):
+        self.index = {w: i + 2 for i, w in enumerate(dict.fromkeys(vocab))}
+
+    def __len__(self) -> int:
+        return len(self.index) + 2
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        ids = [[self.index.get(w, self.UNK) for w in self.pattern.findall(t.lower())] or [self.UNK]
+               for t in texts]
+        lengths = torch.tensor([len(x) for x in ids])
+        tokens = torch.zeros(len(ids), int(lengths.max()) if len(ids) else 1, dtype=torch.long)
+        for row, x in enumerate(ids):
+            tokens[row, :len(x)] = torch.tensor(x)
+        return {"tokens": tokens, "lengths": lengths}
+
+
+class GRUText(Encoder):
+    """Word embeddings and a bidirectional GRU over the dataset vocabulary, then a projection."""
+
+    modality = "text"
+
+    def __init__(self, embed_dim: int = 64, word_dim: int = 64, hidden_dim: int = 128,
+                 dataset_info: DatasetInfo | None = None):
+        super().__init__()
+        if dataset_info is None or not dataset_info.vocab:
+            raise ValueError("gru needs a caption dataset that exposes a vocabulary")
+        self.tokenizer = WordTokenizer(dataset_info.vocab)
+        self.embedding = nn.Embedding(len(self.tokenizer), word_dim, padding_idx=WordTokenizer.PAD)
+        self.gru = nn.GRU(word_dim, hidden_dim, batch_first=True, bidirectional=True)
+        self.project = nn.Linear(2 * hidden_dim, embed_dim)
+        self.output_dim = embed_dim
+
+    def prepare(self, raw: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(list(raw))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(batch["tokens"]), batch["lengths"].cpu(),
+                                                   batch_first=True, enforce_sorted=False)
+        _, hidden = self.gru(packed)  # [2, B, H]: last state of each direction
+        return self.project(torch.cat([hidden[0], hidden[1]], dim=-1))
+
+
+def _input_dim(dataset_info: DatasetInfo | None, modality: str | None) -> int:
+    if dataset_info is None:
+        raise ValueError("this encoder needs the dataset's info to know its input size")
+    if modality == "text":
+        if dataset_info.text_kind != "vector" or not dataset_info.text_dim:
+            raise ValueError("mlp on the text side needs a dataset whose texts are feature vectors")
+        return int(dataset_info.text_dim)
+    return int(np.prod(dataset_info.image_shape))
+
+
+class MLP(Encoder):
+    """A multilayer perceptron on flattened feature vectors (either side of a two-view dataset)."""
+
+    def __init__(self, embed_dim: int = 64, hidden: Sequence[int] = (256,), dropout: float = 0.0,
+                 activation: str = "relu", dataset_info: DatasetInfo | None = None,
+                 modality: str | None = None):
+        super().__init__()
+        acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
+        if activation not in acts:
+            raise ValueError(f"activation must be one of {', '.join(acts)}, got {activation!r}")
+        layers, d_in = [], _input_dim(dataset_info, modality)
+        for width in hidden:
+            layers += [nn.Linear(d_in, width), acts[activation](), nn.Dropout(dropout)]
+            d_in = width
+        layers.append(nn.Linear(d_in, embed_dim))
+        self.net = nn.Sequential(*layers)
+        self.output_dim = embed_dim
+
+    def prepare(self, raw) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(raw), dtype=torch.float32).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Pixels(Encoder):
+    """Fixed features: the image average-pooled to ``size``×``size`` and flattened (no training)."""
+
+    modality = "image"
+    trainable = False
+
+    def __init__(self, size: int = 16, grayscale: bool = False, dataset_info: DatasetInfo | None = None):
+        super().__init__()
+        channels = 1 if grayscale else (dataset_info.image_shape[0] if dataset_info and
+                                        len(dataset_info.image_shape) == 3 else 3)
+        self.size, self.grayscale = size, grayscale
+        self.output_dim = channels * size * size
+
+    def prepare(self, raw) -> torch.Tensor:
+        return _image_float(raw) * 0.25 + 0.5
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.grayscale:
+            images = images.mean(1, keepdim=True)
+        return F.adaptive_avg_pool2d(images, self.size).flatten(1)
+
+
+class BagOfWords(Encoder):
+    """Fixed features: word counts over the dataset vocabulary (no training)."""
+
+    modality = "text"
+    trainable = False
+
+    def __init__(self, dataset_info: DatasetInfo | None = None):
+        super().__init__()
+        if dataset_info is None or not dataset_info.vocab:
+            raise ValueError("bag-of-words needs a caption dataset that exposes a vocabulary")
+        self.tokenizer = WordTokenizer(dataset_info.vocab)
+        self.output_dim = len(self.tokenizer)
+
+    def prepare(self, raw: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(list(raw))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        counts = torch.zeros(batch["tokens"].shape[0], self.output_dim, device=batch["tokens"].device)
+        counts.scatter_add_(1, batch["tokens"], torch.ones_like(batch["tokens"], dtype=counts.dtype))
+        counts[:, WordTokenizer.PAD] = 0
+        return counts
+
+
+@hookimpl
+def register_encoders(register):
+    register("small-cnn", SmallCNN)
+    register("gru", GRUText)
+    register("mlp", MLP)
+    register("pixels", Pixels)
+    register("bag-of-words", BagOfWords)

@@ -1,0 +1,155 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import harness
+from harness.config import TrainSpec
+from harness.results import read_result
+from harness.runner import lr_factor, run
+
+import harness_test_plugin as toy
+from conftest import cli_env, harness_cmd
+
+
+def _quiet(**kw):
+    return dict(progress=False, **kw)
+
+
+def test_run_writes_one_typed_result_file_per_method_and_seed(tmp_path, toy_config):
+    toy_config["seeds"] = [0, 1]
+    outcome = harness.run(toy_config, tmp_path, progress=False)
+    assert outcome.ok
+    for seed in (0, 1):
+        path = tmp_path / "toy" / "infonce" / f"seed-{seed}.json"
+        result = read_result(path)
+        raw = json.loads(path.read_text())
+        assert raw["schema_version"] == 1 and result.status == "ok" and result.seed == seed
+        assert 0 <= result.metrics["retrieval/t2i_R@1"] <= 100
+        assert result.higher_is_better["retrieval/t2i_medr"] is False
+        assert result.config["loss"] == {"name": "infonce"} and result.config["train"]["epochs"] == 2
+        assert result.dataset.name == "toy" and len(result.dataset.fingerprint) == 32
+        assert [h["epoch"] for h in result.history] == [0, 1]
+        prov = result.provenance
+        assert prov.torch == torch.__version__ and prov.device == "cpu"
+        assert prov.python.startswith(f"{sys.version_info.major}.") and prov.duration_s > 0
+        assert prov.finished_at >= prov.started_at
+    assert (tmp_path / "toy" / "table.md").read_text().strip() == outcome.table
+
+
+def test_same_seed_twice_gives_identical_metrics(tmp_path, toy_config):
+    first = run(toy_config, tmp_path / "a", **_quiet()).results[0]
+    second = run(toy_config, tmp_path / "b", **_quiet()).results[0]
+    assert first.metrics == second.metrics
+    assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
+    toy_config["seeds"] = [1]
+    other = run(toy_config, tmp_path / "c", **_quiet()).results[0]
+    assert [h["loss"] for h in other.history] != [h["loss"] for h in first.history]
+
+
+def test_rerun_skips_finished_runs_unless_overwrite(tmp_path, toy_config):
+    run(toy_config, tmp_path, **_quiet())
+    path = tmp_path / "toy" / "infonce" / "seed-0.json"
+    stamp = read_result(path).provenance.started_at
+    messages = []
+    run(toy_config, tmp_path, echo=messages.append, **_quiet())
+    assert read_result(path).provenance.started_at == stamp
+    assert any("already done" in m for m in messages)
+    run(toy_config, tmp_path, overwrite=True, **_quiet())
+    assert read_result(path).provenance.started_at > stamp
+
+
+def test_failed_and_diverged_runs_are_recorded_and_retried(tmp_path, toy_config):
+    toy_config["methods"] += [{"name": "nan", "loss": {"name": "nan-loss", "after": 2}},
+                              {"name": "boom", "loss": {"name": "exploding"}}]
+    outcome = run(toy_config, tmp_path, **_quiet())
+    status = {r.method: r for r in outcome.results}
+    assert status["infonce"].status == "ok"
+    assert status["nan"].status == "diverged" and "non-finite" in status["nan"].error
+    assert status["boom"].status == "failed" and "boom from ExplodingLoss" in status["boom"].error
+    assert "RuntimeError" in status["boom"].traceback
+    assert not outcome.ok
+    assert "1 diverged" in outcome.table and "1 failed" in outcome.table
+    messages = []
+    run(toy_config, tmp_path, echo=messages.append, **_quiet())
+    assert sum("already done" in m for m in messages) == 1  # only the ok run is skipped
+
+
+def test_closed_form_methods_fit_the_runner(tmp_path, toy_config):
+    toy_config["methods"] = [{"name": "lstsq", "estimator": {"name": "lstsq", "ridge": 0.1},
+                              "encoders": {"image": {"name": "pixels", "size": 2},
+                                           "text": {"name": "bag-of-words"}}}]
+    result = run(toy_config, tmp_path, **_quiet()).results[0]
+    assert result.status == "ok", result.error
+    assert result.history == []
+    # 8 classes with distinct colours and words: a linear map retrieves far above chance (1/16)
+    assert result.metrics["retrieval/t2i_R@5"] > 60
+
+
+def test_loss_extras_come_from_the_split_and_class_names(tmp_path, toy_config):
+    toy.LabelledLoss.seen.clear()
+    toy_config["methods"] = [{"name": "labelled", "loss": {"name": "labelled"}}]
+    assert run(toy_config, tmp_path, **_quiet()).ok
+    assert toy.LabelledLoss.seen[0] == (torch.Size([16]), torch.Size([8, 8]))
+
+
+@pytest.mark.parametrize("train", [{"precision": "bf16"}, {"optimizer": "lbfgs", "epochs": 2},
+                                   {"optimizer": "sgd", "schedule": "step", "step_size": 1,
+                                    "grad_clip": 1.0, "warmup_epochs": 0.5}])
+def test_training_options_run(tmp_path, toy_config, train):
+    toy_config["defaults"]["train"].update(train)
+    result = run(toy_config, tmp_path, **_quiet()).results[0]
+    assert result.status == "ok", result.error
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+
+
+def test_cuda_device_without_cuda_fails_the_run_clearly(tmp_path, toy_config):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    toy_config["defaults"]["train"]["device"] = "cuda"
+    result = run(toy_config, tmp_path, **_quiet()).results[0]
+    assert result.status == "failed" and "CUDA is not available" in result.error
+
+
+def test_lr_schedules():
+    cosine = TrainSpec(epochs=2, schedule="cosine")
+    assert lr_factor(0, 10, cosine) == 1.0
+    assert lr_factor(10, 10, cosine) == pytest.approx(0.5)
+    assert lr_factor(20, 10, cosine) == pytest.approx(0.0)
+    step = TrainSpec(epochs=4, schedule="step", step_size=2, gamma=0.5)
+    assert [lr_factor(s, 10, step) for s in (0, 19, 20, 39)] == [1.0, 1.0, 0.5, 0.5]
+    warm = TrainSpec(epochs=2, schedule="constant", warmup_epochs=1)
+    assert lr_factor(0, 10, warm) == pytest.approx(0.1) and lr_factor(15, 10, warm) == 1.0
+
+
+def test_kill_9_leaves_no_partial_file_and_rerun_finishes_only_the_rest(tmp_path, toy_config):
+    toy_config["seeds"] = [0, 1, 2]
+    toy_config["methods"] = [{"name": "slow", "loss": {"name": "slow-mse", "delay": 0.02}}]
+    toy_config["defaults"]["train"]["epochs"] = 3
+    config = tmp_path / "slow.yaml"
+    config.write_text(json.dumps(toy_config))  # JSON is valid YAML
+    out = tmp_path / "out"
+    cmd = [*harness_cmd(), "run", str(config), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "toy" / "slow" / "seed-0.json"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert first.exists(), "the first run never finished"
+    os.kill(proc.pid, signal.SIGKILL)  # now somewhere inside seed 1
+    proc.wait()
+    files = sorted(p.name for p in (out / "toy" / "slow").iterdir() if not p.name.startswith("."))
+    assert "seed-2.json" not in files
+    for name in files:
+        assert read_result(out / "toy" / "slow" / name).status == "ok"  # complete and valid
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "seed=0: already done" in done.stderr
+    assert {p.name for p in (out / "toy" / "slow").glob("seed-*.json")} == {
+        "seed-0.json", "seed-1.json", "seed-2.json"}
