@@ -1,11 +1,15 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
+
+# dataset caches go to a throwaway folder (inherited by `harness` subprocesses), not the user's home
+os.environ["HARNESS_CACHE_DIR"] = tempfile.mkdtemp(prefix="harness-test-cache-")
 
 
 @pytest.fixture(autouse=True)
