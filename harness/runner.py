@@ -219,10 +219,15 @@ def _build(registry: Registry, kind: str, comp: ComponentSpec, context: dict[str
 
 # --- gradient training ------------------------------------------------------------------------------
 
+#: extras that only a sampler supplies (never taken from the dataset)
+SAMPLER_EXTRAS = frozenset({"negatives"})
+
+
 def _loss_extras(loss: torch.nn.Module) -> list[str]:
     """Keyword extras the loss's ``forward`` names beyond the two embeddings."""
     params = list(inspect.signature(loss.forward).parameters.values())[2:]
-    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in SAMPLER_EXTRAS]
 
 
 def make_optimizer(params: list[torch.nn.Parameter], train: TrainSpec) -> torch.optim.Optimizer:

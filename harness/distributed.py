@@ -1,0 +1,97 @@
+"""Gathering embeddings across DDP ranks with gradient, so in-batch losses see the global batch.
+
+Scaling convention (what makes DDP exact): every rank gathers the global batch and computes the *same*
+global loss ``L``. The backward of :func:`all_gather` sums the incoming gradients over ranks before
+slicing out this rank's rows, so the gradient each rank gets for its local rows is ``world_size · ∂L/∂x``.
+DDP then *averages* parameter gradients over ranks, ``(1/W) Σ_r W · ∂L/∂x_r · ∂x_r/∂θ = ∂L/∂θ``: exactly
+the single-process gradient of the concatenated batch, even when ranks hold different batch sizes.
+Parameters that are not upstream of a gather (a learnable temperature) get the plain ``∂L/∂θ``, the
+same on every rank, so averaging them changes nothing.
+
+Every rank must call the same gathers in the same order and run backward through them (collectives
+block until all ranks arrive). When ``torch.distributed`` is not initialized all functions are no-ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True when a process group is initialized with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def _local_sizes(n: int, device: torch.device) -> list[int]:
+    """Every rank's number of rows, in rank order (ranks may hold different batch sizes)."""
+    # gloo only reduces CPU tensors, NCCL only CUDA ones; the tensor follows the data.
+    mine = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, mine)
+    return [int(s.item()) for s in sizes]
+
+
+def row_offset(n_local: int, device: torch.device | str = "cpu") -> int:
+    """Index of this rank's first row in the gathered global batch (0 when not distributed)."""
+    if not is_distributed():
+        return 0
+    return sum(_local_sizes(n_local, torch.device(device))[: dist.get_rank()])
+
+
+def _gather_rows(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """The collective itself, outside autograd."""
+    longest = max(sizes)
+    # all_gather needs equal shapes: pad to the longest, strip afterwards.
+    padded = x.new_zeros((longest,) + tuple(x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
+class _AllGather(torch.autograd.Function):
+    """Concatenate every rank's rows; backward sums gradients over ranks and keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        me = dist.get_rank()
+        ctx.start, ctx.stop = sum(sizes[:me]), sum(sizes[: me + 1])
+        return _gather_rows(x.detach(), sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        # Each rank holds ∂L_r/∂(global batch); the gradient of Σ_r L_r w.r.t. our rows is their sum.
+        # Clone: autograd may hand the same buffer to other consumers, and all_reduce works in place.
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start: ctx.stop], None
+
+
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` from every rank, concatenated in rank order along dim 0, with gradient.
+
+    ``x`` is ``[n_r, ...]``; ranks may differ in ``n_r`` but not in the trailing shape. Without an
+    initialized process group this returns ``x`` itself. See the module docstring for the gradient scale.
+    """
+    return all_gather_with_offset(x)[0]
+
+
+def all_gather_with_offset(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(all_gather(x), index of this rank's first row in it)``, with a single size exchange."""
+    if not is_distributed():
+        return x, 0
+    sizes = _local_sizes(x.shape[0], x.device)
+    offset = sum(sizes[: dist.get_rank()])
+    if x.requires_grad and torch.is_grad_enabled():
+        return _AllGather.apply(x, sizes), offset
+    # Keys and queues need no gradient: same collective, no autograd node (and no backward to join).
+    return _gather_rows(x, sizes), offset
