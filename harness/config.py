@@ -48,6 +48,7 @@ class TrainSpec(BaseModel):
     precision: Literal["fp32", "bf16"] = "fp32"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     eval_batch_size: PositiveInt = 512
+    checkpoint: bool = False  # save weights + loss/sampler state beside the result (seed-<n>.pt)
 
 
 class EncodersSpec(BaseModel):

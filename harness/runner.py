@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -160,7 +161,8 @@ def describe_device(device: torch.device) -> str:
 
 
 def execute(job: Job, registry: Registry, *, progress: bool = True,
-            notify: Callable[..., None] | None = None) -> RunResult:
+            notify: Callable[..., None] | None = None,
+            checkpoint_path: str | Path | None = None) -> RunResult:
     """Train and evaluate one job; never raises for errors in method code (the result says so)."""
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     spec = job.spec
@@ -181,7 +183,8 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         if spec.loss is not None:
             model = encoders
             history = train_gradient(job, model, train, dataset, registry, context, device,
-                                     progress=progress, notify=notify)
+                                     progress=progress, notify=notify,
+                                     checkpoint_path=checkpoint_path if spec.train.checkpoint else None)
         else:
             estimator = _build(registry, "estimator", spec.estimator, context)
             model = EstimatorModel(encoders, estimator).fit(train.images, train.texts,
@@ -230,16 +233,21 @@ def _loss_extras(loss: torch.nn.Module) -> list[str]:
             and p.name not in SAMPLER_EXTRAS]
 
 
-def make_optimizer(params: list[torch.nn.Parameter], train: TrainSpec) -> torch.optim.Optimizer:
+def make_optimizer(model_params: list[torch.nn.Parameter], loss_params: list[torch.nn.Parameter],
+                   train: TrainSpec) -> torch.optim.Optimizer:
+    """The configured optimizer; a loss's own parameters (e.g. a learnable temperature) get no weight
+    decay, which would otherwise pull them towards 0."""
+    if train.optimizer == "lbfgs":  # full batch, no weight decay term
+        return torch.optim.LBFGS([*model_params, *loss_params], lr=train.lr,
+                                 max_iter=train.lbfgs_max_iter, line_search_fn="strong_wolfe")
+    groups = [{"params": model_params, "weight_decay": train.weight_decay}]
+    if loss_params:
+        groups.append({"params": loss_params, "weight_decay": 0.0})
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.AdamW(groups, lr=train.lr)
     if train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum,
-                               weight_decay=train.weight_decay)
-    return torch.optim.LBFGS(params, lr=train.lr, max_iter=train.lbfgs_max_iter,
-                             line_search_fn="strong_wolfe")
+        return torch.optim.Adam(groups, lr=train.lr)
+    return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
 
 
 def lr_factor(step: int, steps_per_epoch: int, train: TrainSpec) -> float:
@@ -258,7 +266,8 @@ def lr_factor(step: int, steps_per_epoch: int, train: TrainSpec) -> float:
 
 def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset, registry: Registry,
                    context: dict[str, Any], device: torch.device, *, progress: bool = True,
-                   notify: Callable[..., None] | None = None) -> list[dict[str, Any]]:
+                   notify: Callable[..., None] | None = None,
+                   checkpoint_path: str | Path | None = None) -> list[dict[str, Any]]:
     spec = job.spec
     train = spec.train
     loss_fn = _build(registry, "loss", spec.loss, context).to(device)
@@ -267,10 +276,12 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
     sampler.setup(model, loss_fn)
     extras_wanted = _loss_extras(loss_fn)
     class_names = list(dataset.info.class_names)
-    params = [p for p in (*model.parameters(), *loss_fn.parameters()) if p.requires_grad]
+    model_params = [p for p in model.parameters() if p.requires_grad]
+    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
+    params = model_params + loss_params
     if not params:
         raise HarnessError("nothing to train: the encoders and the loss have no trainable parameters")
-    optimizer = make_optimizer(params, train)
+    optimizer = make_optimizer(model_params, loss_params, train)
 
     texts_of_image = split.texts_of_image()
     counts = np.array([len(t) for t in texts_of_image])
@@ -352,7 +363,27 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
     finally:
         bar.close()
     model.eval()
+    if checkpoint_path is not None:
+        save_checkpoint(checkpoint_path, {"model": model.state_dict(), "loss": loss_fn.state_dict(),
+                                          "sampler": sampler.state_dict(), "history": history})
     return history
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomic ``torch.save`` (temp file + rename) of tensors and plain containers only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without unpickling code (``weights_only=True``)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 # --- the benchmark ----------------------------------------------------------------------------------
@@ -411,7 +442,8 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "results",
                 results.append(previous)
                 continue
         notify("on_run_start", job=job)
-        result = execute(job, registry, progress=progress, notify=notify)
+        result = execute(job, registry, progress=progress, notify=notify,
+                         checkpoint_path=path.with_suffix(".pt"))
         write_result(path, result)
         summary = result.status if result.status == "ok" else f"{result.status}: {result.error}"
         echo(f"[{i}/{len(jobs)}] {job.name} seed={job.seed}: {summary} "

@@ -153,3 +153,24 @@ def test_kill_9_leaves_no_partial_file_and_rerun_finishes_only_the_rest(tmp_path
     assert "seed=0: already done" in done.stderr
     assert {p.name for p in (out / "toy" / "slow").glob("seed-*.json")} == {
         "seed-0.json", "seed-1.json", "seed-2.json"}
+
+
+def test_checkpoint_holds_weights_and_sampler_state_and_loads_without_pickle(tmp_path, toy_config):
+    from harness.runner import load_checkpoint
+    toy_config["defaults"]["train"]["checkpoint"] = True
+    toy_config["methods"] = [{"name": "moco", "loss": {"name": "infonce", "learnable_temperature": True},
+                              "sampler": {"name": "moco", "size": 32, "momentum": 0.9}}]
+    assert run(toy_config, tmp_path, **_quiet()).ok
+    state = load_checkpoint(tmp_path / "toy" / "moco" / "seed-0.pt")
+    assert any(k.startswith("image_encoder.") for k in state["model"])
+    assert "logit_scale" in state["loss"]
+    assert state["sampler"]  # the queue and momentum encoders
+    assert [h["epoch"] for h in state["history"]] == [0, 1]
+    assert not list((tmp_path / "toy" / "moco").glob(".*.tmp"))
+
+
+def test_learnable_temperature_gets_no_weight_decay():
+    from harness.runner import make_optimizer
+    weight, scale = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(()))
+    optimizer = make_optimizer([weight], [scale], TrainSpec(weight_decay=0.5))
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.5, 0.0]
