@@ -33,6 +33,7 @@ from harness.model import DualEncoder, EstimatorModel, take, to_device
 from harness.registry import Registry, default_registry, load_plugins
 from harness.results import (DatasetRecord, RunResult, load_results, provenance, read_result,
                              result_path, to_jsonable, write_result)
+from harness.plots import plot_results
 from harness.tables import build_table
 
 
@@ -452,7 +453,12 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "results",
         results.append(result)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table = build_table(load_results(bench_dir), spec.report.metrics or None)
+        stored = load_results(bench_dir)
+    table = build_table(stored, spec.report.metrics or None)
     (bench_dir / "table.md").write_text(table + "\n")
+    try:
+        plot_results(stored, bench_dir / "plots.png", spec.report.metrics or None)
+    except Exception as exc:  # a plotting problem must not cost the finished results
+        echo(f"warning: could not draw plots: {type(exc).__name__}: {exc}")
     notify("on_benchmark_end", benchmark=spec, results=results)
     return BenchmarkOutcome(spec=spec, results=results, table=table, directory=bench_dir)

@@ -69,9 +69,13 @@ def directions(results: Sequence[RunResult]) -> dict[str, bool]:
     return out
 
 
-def _number(x: float) -> str:
+def _decimals(x: float) -> int:
     magnitude = abs(x)
-    return f"{x:.1f}" if magnitude >= 100 else f"{x:.2f}" if magnitude >= 1 else f"{x:.3f}"
+    return 1 if magnitude >= 100 else 2 if magnitude >= 1 else 3
+
+
+def _number(x: float, decimals: int | None = None) -> str:
+    return f"{x:.{_decimals(x) if decimals is None else decimals}f}"
 
 
 def build_table(results: Sequence[RunResult], metrics: Sequence[str] | None = None,
@@ -106,7 +110,9 @@ def build_table(results: Sequence[RunResult], metrics: Sequence[str] | None = No
                 cells.append("—")
                 continue
             mean, std = stats
-            text = _number(mean) if len(row.values(m)) == 1 else f"{_number(mean)} {pm} {_number(std)}"
+            places = _decimals(mean)  # the std is shown to the mean's precision
+            text = _number(mean) if len(row.values(m)) == 1 else \
+                f"{_number(mean, places)} {pm} {_number(std, places)}"
             cells.append(mark(text) if best[m] is not None and mean == best[m] else text)
         body.append(cells)
     tablefmt = {"github": "github", "latex": "latex_raw", "html": "unsafehtml"}[fmt]

@@ -41,6 +41,7 @@ def test_run_writes_one_typed_result_file_per_method_and_seed(tmp_path, toy_conf
         assert prov.python.startswith(f"{sys.version_info.major}.") and prov.duration_s > 0
         assert prov.finished_at >= prov.started_at
     assert (tmp_path / "toy" / "table.md").read_text().strip() == outcome.table
+    assert (tmp_path / "toy" / "plots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_same_seed_twice_gives_identical_metrics(tmp_path, toy_config):
