@@ -307,7 +307,9 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
                                     device)}
         extras = {}
         for name in extras_wanted:
-            if name == "label_emb":
+            if name in ("images", "texts"):  # the prepared inputs, e.g. for reconstruction losses
+                extras[name] = batch[name]
+            elif name == "label_emb":
                 labels_in = model.text_encoder.prepare(class_names)
                 extras[name] = model.text_encoder(to_device(labels_in, device))
             elif name in split.extras:

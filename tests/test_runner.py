@@ -97,7 +97,8 @@ def test_loss_extras_come_from_the_split_and_class_names(tmp_path, toy_config):
     toy.LabelledLoss.seen.clear()
     toy_config["methods"] = [{"name": "labelled", "loss": {"name": "labelled"}}]
     assert run(toy_config, tmp_path, **_quiet()).ok
-    assert toy.LabelledLoss.seen[0] == (torch.Size([16]), torch.Size([8, 8]))
+    assert toy.LabelledLoss.seen[0] == (torch.Size([16]), torch.Size([8, 8]),
+                                        torch.Size([16, 3, 8, 8]), 16)
 
 
 @pytest.mark.parametrize("train", [{"precision": "bf16"}, {"optimizer": "lbfgs", "epochs": 2},
