@@ -1,4 +1,4 @@
-"""The CCA family: linear (ridge) CCA, kernel CCA, the Deep CCA loss and CCA-based evaluators.
+"""The CCA family: linear (ridge) CCA, kernel CCA, the Deep CCA and DCCAE losses, CCA-based evaluators.
 
 Notation used throughout (the lecture's and Andrew et al. 2013's): for two views X ∈ ℝ^{n×d₁} and
 Y ∈ ℝ^{n×d₂} whose row i is a pair,
@@ -565,6 +565,81 @@ class DCCALoss(nn.Module):
         return torch.where(ok, loss, torch.full_like(loss, math.nan))
 
 
+class DCCAELoss(nn.Module):
+    """Deep CCA autoencoders (DCCAE, Wang et al. 2015): Deep CCA plus a decoder reconstructing each view.
+
+    L = −Σᵢ₌₁ᵏ σᵢ(T(f(X), g(Y))) + λ · (1/n) Σⱼ (‖xⱼ − p(f(xⱼ))‖² + ‖yⱼ − q(g(yⱼ))‖²)
+
+    The first term is the ``dcca`` loss (same ``k`` and ``reg``); ‖·‖² sums over the input features and
+    the mean is over the n pairs of the batch, so λ = ``lambda_recon`` weighs a per-sample squared error
+    in the units of the prepared inputs (``images``/``texts``, flattened to [n, d]). The decoders p and q
+    belong to the loss (their weights are trained with the encoders): MLPs from the embedding
+    (``embed_dim``) through ``hidden`` to the view's input size — ``image_dim`` and ``text_dim``, by
+    default prod(``image_shape``) and ``text_dim`` of a dataset whose two views are feature vectors —
+    with ``activation`` between layers and a linear output (``output: sigmoid`` for inputs in [0, 1]).
+    λ = 0 is Deep CCA with idle decoders; large λ makes the embeddings autoencoder codes.
+    """
+
+    def __init__(self, lambda_recon: float = 1e-3, hidden: list[int] | tuple[int, ...] = (256,),
+                 activation: str = "relu", output: str = "linear", k: int | None = None,
+                 reg: float = 1e-3, image_dim: int | None = None, text_dim: int | None = None,
+                 embed_dim: int = 64, dataset_info: Any = None):
+        super().__init__()
+        if not lambda_recon >= 0:
+            raise ValueError(f"lambda_recon must be >= 0, got {lambda_recon}")
+        acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
+        if activation not in acts:
+            raise ValueError(f"activation must be one of {', '.join(acts)}, got {activation!r}")
+        if output not in ("linear", "sigmoid"):
+            raise ValueError(f"output must be 'linear' or 'sigmoid', got {output!r}")
+        if image_dim is None and dataset_info is not None and dataset_info.image_shape:
+            image_dim = int(np.prod(dataset_info.image_shape))
+        if text_dim is None and dataset_info is not None and dataset_info.text_kind == "vector":
+            text_dim = dataset_info.text_dim
+        if not image_dim or not text_dim:
+            raise ValueError("dccae reconstructs both views, so it needs their sizes: a dataset whose "
+                             "views are feature vectors (image_shape, text_dim) or image_dim and text_dim")
+        self.dcca = DCCALoss(k=k, reg=reg)
+        self.lambda_recon = float(lambda_recon)
+        self.input_dims = (int(image_dim), int(text_dim))
+
+        def decoder(d_out: int) -> nn.Sequential:
+            layers, d_in = [], int(embed_dim)
+            for width in hidden:
+                layers += [nn.Linear(d_in, int(width)), acts[activation]()]
+                d_in = int(width)
+            layers.append(nn.Linear(d_in, d_out))
+            if output == "sigmoid":
+                layers.append(nn.Sigmoid())
+            return nn.Sequential(*layers)
+
+        self.decoder_image = decoder(self.input_dims[0])
+        self.decoder_text = decoder(self.input_dims[1])
+
+    @staticmethod
+    def _squared_error(decoder: nn.Module, emb: torch.Tensor, target: torch.Tensor, d: int,
+                       view: str) -> torch.Tensor:
+        target = torch.as_tensor(target).flatten(1)
+        if target.shape[1] != d:
+            raise ValueError(f"dccae: the {view} decoder outputs {d} features but the prepared {view} "
+                             f"inputs have {target.shape[1]}")
+        recon = decoder(emb.to(decoder[0].weight.dtype))  # e.g. bf16 outputs into a float32 decoder
+        return (target.to(recon.dtype) - recon).pow(2).sum(1).mean()
+
+    def reconstruction(self, image_emb: torch.Tensor, text_emb: torch.Tensor, images: torch.Tensor,
+                       texts: torch.Tensor) -> torch.Tensor:
+        """(1/n) Σⱼ ‖xⱼ − p(f(xⱼ))‖² + ‖yⱼ − q(g(yⱼ))‖² (the term λ multiplies)."""
+        return (self._squared_error(self.decoder_image, image_emb, images, self.input_dims[0], "image")
+                + self._squared_error(self.decoder_text, text_emb, texts, self.input_dims[1], "text"))
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, images: torch.Tensor,
+                texts: torch.Tensor) -> torch.Tensor:
+        corr = self.dcca(image_emb, text_emb)
+        if self.lambda_recon == 0:
+            return corr
+        return corr + self.lambda_recon * self.reconstruction(image_emb, text_emb, images, texts)
+
+
 # --- evaluators ---------------------------------------------------------------------------------------
 
 
@@ -667,6 +742,7 @@ def register_estimators(register):
 @hookimpl
 def register_losses(register):
     register("dcca", DCCALoss)
+    register("dccae", DCCAELoss)
 
 
 @hookimpl

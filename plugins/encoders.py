@@ -106,7 +106,7 @@ def _input_dim(dataset_info: DatasetInfo | None, modality: str | None) -> int:
         raise ValueError("this encoder needs the dataset's info to know its input size")
     if modality == "text":
         if dataset_info.text_kind != "vector" or not dataset_info.text_dim:
-            raise ValueError("mlp on the text side needs a dataset whose texts are feature vectors")
+            raise ValueError("this encoder on the text side needs a dataset whose texts are feature vectors")
         return int(dataset_info.text_dim)
     return int(np.prod(dataset_info.image_shape))
 
@@ -134,6 +134,24 @@ class MLP(Encoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class Identity(Encoder):
+    """Fixed features: a feature-vector view passed through unchanged (flattened float32; no training)."""
+
+    trainable = False
+
+    def __init__(self, dataset_info: DatasetInfo | None = None, modality: str | None = None):
+        super().__init__()
+        if modality == "text" and dataset_info is not None and dataset_info.text_kind != "vector":
+            raise ValueError("identity on the text side needs a dataset whose texts are feature vectors")
+        self.output_dim = _input_dim(dataset_info, modality)
+
+    def prepare(self, raw) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(raw), dtype=torch.float32).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 class Pixels(Encoder):
@@ -186,5 +204,6 @@ def register_encoders(register):
     register("small-cnn", SmallCNN)
     register("gru", GRUText)
     register("mlp", MLP)
+    register("identity", Identity)
     register("pixels", Pixels)
     register("bag-of-words", BagOfWords)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from harness import hookimpl
 from harness.data import Dataset, DatasetInfo, Split
@@ -161,3 +162,4 @@ class NoisyDigits(Dataset):
 @hookimpl
 def register_datasets(register):
     register("noisy-digits", NoisyDigits)
+

@@ -15,7 +15,7 @@ from harness import hookspecs
 from harness.components import EvalContext
 from harness.data import DatasetInfo, Split
 from harness_plugins import cca as cca_plugin
-from harness_plugins.cca import (CanonicalCorrelationEvaluator, DCCALoss, KernelCCA, LinearCCA,
+from harness_plugins.cca import (CanonicalCorrelationEvaluator, DCCAELoss, DCCALoss, KernelCCA, LinearCCA,
                                  LinearProbeEvaluator)
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -85,7 +85,7 @@ def test_plugin_registers_through_the_hook_contract():
     found = {}
     for hook in ("register_estimators", "register_losses", "register_evaluators"):
         getattr(pm.hook, hook)(register=lambda name, factory: found.__setitem__(name, factory))
-    assert found == {"linear-cca": LinearCCA, "kernel-cca": KernelCCA, "dcca": DCCALoss,
+    assert found == {"linear-cca": LinearCCA, "kernel-cca": KernelCCA, "dcca": DCCALoss, "dccae": DCCAELoss,
                      "canonical-correlation": CanonicalCorrelationEvaluator, "linear-probe": LinearProbeEvaluator}
     for factory in found.values():
         assert factory.__doc__ and factory.__doc__.strip().splitlines()[0]
