@@ -7,6 +7,7 @@ whose runs did not all finish ``ok`` exits with 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -64,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted; finished result files are kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `harness list | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit flush
+        return 1
 
 
 def _registry(args: argparse.Namespace):

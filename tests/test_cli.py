@@ -96,3 +96,13 @@ def test_third_party_plugin_installed_with_pip_provides_a_loss(tmp_path, toy_con
     # without the install, the same benchmark is rejected up front with a clear message
     missing = _harness("validate", str(path))
     assert missing.returncode == 2 and "unknown loss 'example-margin'" in missing.stderr
+
+
+def test_closed_pipe_is_not_a_traceback():
+    """`harness list | head -1`: the reader is gone before the listing is written."""
+    proc = subprocess.Popen([*harness_cmd(), "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=cli_env(), cwd=ROOT)
+    proc.stdout.close()  # closed before the child writes (it needs ~1 s to import torch)
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
