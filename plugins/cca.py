@@ -186,6 +186,59 @@ def _inverse_sqrt_factor(S: Any, reg: float) -> Any:
     return Q[:, keep] / xp.sqrt(lam[keep])
 
 
+def _whitener(S: Any, reg: float) -> Any:
+    """A with Aᵀ(S + reg·I)A = I: L⁻ᵀ from a Cholesky factor when S + reg·I is safely full rank,
+    else ``_inverse_sqrt_factor``'s pseudo-inverse square root.
+
+    Any whitener gives T the same singular values, and L⁻ᵀ costs ~2 ms at d = 256 against ~4 ms for an
+    eigendecomposition. "Safely full rank" uses bounds that hold for any symmetric positive definite
+    matrix, λ_min ≥ 1/tr(S⁻¹) and λ_max ≤ tr(S), with tr(S⁻¹) = ‖L⁻¹‖²_F: when 1/tr(S⁻¹) clears the
+    eigen-path's floor (λ_max · d · eps) a hundredfold, no direction would have been dropped there.
+    """
+    if isinstance(S, np.ndarray):
+        d = S.shape[0]
+        S_reg = S + reg * np.eye(d, dtype=S.dtype)
+        try:
+            L_inv = np.linalg.inv(np.linalg.cholesky(S_reg))
+        except np.linalg.LinAlgError:
+            L_inv = None
+        if L_inv is not None and np.isfinite(L_inv).all():
+            lam_min_bound = 1.0 / float(np.einsum("ij,ij->", L_inv, L_inv))
+            lam_max_bound = float(np.trace(S_reg))
+            if lam_min_bound > 100.0 * lam_max_bound * d * np.finfo(S.dtype).eps:
+                return L_inv.T
+    return _inverse_sqrt_factor(S, reg)
+
+
+def _centred_grams(X: Any, Y: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """Means and the (n−1)-normalised covariances (Σ₁₁, Σ₂₂, Σ₁₂) of two views.
+
+    float64 numpy inputs skip the centred copies (20 MB each at n = 10⁴, d = 256, most of the cost being
+    page faults) and correct the raw products, XᵀX − n·x̄x̄ᵀ, when that is safe: the cancellation costs
+    about log₁₀(1 + x̄ⱼ²/varⱼ) digits, so any feature with x̄ⱼ² > 10³·varⱼ (a constant pixel, a large
+    offset) sends the computation through explicitly centred copies, as float32 always does.
+    """
+    xp = _ops(X)
+    n = X.shape[0]
+    if isinstance(X, np.ndarray) and X.dtype == np.float64:
+        ones = np.full(n, 1.0 / n)
+        mx, my = ones @ X, ones @ Y  # BLAS gemv: several times faster than X.mean(0)
+        Sxx = X.T @ X
+        Syy = Y.T @ Y
+        Sxx -= n * np.outer(mx, mx)
+        Syy -= n * np.outer(my, my)
+        safe = all((m * m <= 1e3 * np.maximum(np.diagonal(S), 0.0) / n).all()
+                   for m, S in ((mx, Sxx), (my, Syy)))
+        if safe:
+            Sxy = X.T @ Y
+            Sxy -= n * np.outer(mx, my)
+            return mx, my, Sxx / (n - 1), Syy / (n - 1), Sxy / (n - 1)
+    mx, my = X.mean(0), Y.mean(0)
+    # Centre before forming the covariances: XᵀX − n·x̄x̄ᵀ would cancel catastrophically in float32.
+    Xc, Yc = X - mx, Y - my
+    return mx, my, xp.gram(Xc) / (n - 1), xp.gram(Yc) / (n - 1), xp.gram(Xc, Yc) / (n - 1)
+
+
 def _top_svd(T: Any, k: int) -> tuple[Any, Any, Any]:
     """The top k singular triplets (U_k, D_k, V_k) of T, D descending.
 
@@ -308,18 +361,14 @@ class LinearCCA(_TwoViewEstimator):
         n, d1 = X.shape
         d2 = Y.shape[1]
         reg, reg_y = self._check_params(d1, d2)
-        self.x_mean_ = X.mean(0)
-        self.y_mean_ = Y.mean(0)
-        # Centre before forming the covariances: XᵀX − n·x̄x̄ᵀ would cancel catastrophically in float32.
-        Xc = X - self.x_mean_
-        Yc = Y - self.y_mean_
-        A = _inverse_sqrt_factor(xp.gram(Xc) / (n - 1), reg)  # d₁×r₁ with Aᵀ Σ₁₁ A = I
-        B = _inverse_sqrt_factor(xp.gram(Yc) / (n - 1), reg_y)  # d₂×r₂
+        self.x_mean_, self.y_mean_, Sxx, Syy, Sxy = _centred_grams(X, Y)
+        A = _whitener(Sxx, reg)  # d₁×r₁ with Aᵀ Σ₁₁ A = I
+        B = _whitener(Syy, reg_y)  # d₂×r₂
         if min(A.shape[1], B.shape[1]) == 0:
             raise ValueError("linear-cca: a view has no variance (every feature is constant)")
-        # T in the reduced bases: Aᵀ Σ₁₂ B has the singular values of Σ₁₁^{-1/2} Σ₁₂ Σ₂₂^{-1/2}, and
-        # A U = Σ₁₁^{-1/2} U_full (A's columns span the kept eigenvectors).
-        T = A.T @ (xp.gram(Xc, Yc) / (n - 1)) @ B
+        # T in the whitened bases: Aᵀ Σ₁₂ B has the singular values of Σ₁₁^{-1/2} Σ₁₂ Σ₂₂^{-1/2}
+        # (whiteners differ by an orthogonal factor), and A U_T, B V_T are the canonical weights.
+        T = A.T @ Sxy @ B
         U, D, V = _top_svd(T, min(self.k, *T.shape))
         r = D.shape[0]
         Wx = A @ U

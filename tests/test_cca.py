@@ -184,6 +184,38 @@ def test_rank_deficient_covariances_at_reg_zero(views, dtype, atol, scale):
         assert_equal_up_to_sign(U.astype(np.float64), fx(RA), atol=50 * atol)
 
 
+@pytest.mark.parametrize("offset", [3.0, 1e7])
+def test_offset_data_gives_the_centred_result(views, offset):
+    """A moderate offset takes the raw-product fast path (XᵀX − n·x̄x̄ᵀ); a huge one, whose cancellation
+    would lose most digits, must be detected and centred explicitly. Both equal the reference."""
+    X, Y, Xt, Yt = views
+    D, fx, fy = reference_cca(X, Y, 3)
+    model = LinearCCA(k=3).fit(X + offset, Y - offset)
+    np.testing.assert_allclose(model.canonical_correlations_, D, atol=1e-9, rtol=0)
+    assert_equal_up_to_sign(model.transform_x(Xt + offset), fx(Xt), atol=1e-7)
+    assert_equal_up_to_sign(model.transform_y(Yt - offset), fy(Yt), atol=1e-7)
+
+
+def test_whitener_uses_cholesky_only_when_safely_full_rank():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((200, 6))
+    S = np.cov(X, rowvar=False)
+    A = cca_plugin._whitener(S, 0.0)
+    assert A.shape == (6, 6)
+    np.testing.assert_allclose(A.T @ S @ A, np.eye(6), atol=1e-12)
+    np.testing.assert_allclose(np.tril(A, -1), 0.0)  # L⁻ᵀ is upper triangular: the Cholesky path
+    # A duplicated column makes S singular: Cholesky may even succeed on the rounding noise, but the
+    # trace bound sends it to the pseudo-inverse square root, which drops the null direction.
+    S_singular = np.cov(np.column_stack([X, X[:, 0]]), rowvar=False)
+    A = cca_plugin._whitener(S_singular, 0.0)
+    assert A.shape == (7, 6)
+    np.testing.assert_allclose(A.T @ S_singular @ A, np.eye(6), atol=1e-10)
+    # ... and a ridge makes it full rank again.
+    A = cca_plugin._whitener(S_singular, 0.5)
+    assert A.shape == (7, 7)
+    np.testing.assert_allclose(A.T @ (S_singular + 0.5 * np.eye(7)) @ A, np.eye(7), atol=1e-12)
+
+
 def test_fewer_directions_than_k_gives_zero_components_and_a_warning():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((6, 10))  # rank 5 after centring
