@@ -49,6 +49,9 @@ class TrainSpec(BaseModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     eval_batch_size: PositiveInt = 512
     checkpoint: bool = False  # save weights + loss/sampler state beside the result (seed-<n>.pt)
+    # CPU threads torch uses for this run (None: torch's default, one per core); 1 when several
+    # benchmarks share a machine, whose default thread pools otherwise oversubscribe the cores
+    threads: PositiveInt | None = None
 
 
 class EncodersSpec(BaseModel):

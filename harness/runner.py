@@ -169,7 +169,10 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
     spec = job.spec
     status, error, trace, metrics, higher, history = "ok", None, None, {}, {}, []
     dataset_record, device = None, None
+    default_threads = torch.get_num_threads()
     try:
+        if spec.train.threads is not None:
+            torch.set_num_threads(spec.train.threads)
         device = resolve_device(spec.train.device)
         dataset, fingerprint = get_dataset(job.dataset, registry)
         dataset_record = DatasetRecord(name=job.dataset["name"], fingerprint=fingerprint,
@@ -202,6 +205,8 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         status, error = "diverged", str(exc)
     except Exception as exc:  # one method's bug must not stop the benchmark
         status, error, trace = "failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+    finally:
+        torch.set_num_threads(default_threads)
     finished = datetime.now(timezone.utc)
     return RunResult(
         benchmark=job.benchmark, method=job.name, method_index=job.method_index, seed=job.seed,

@@ -111,6 +111,17 @@ def test_training_options_run(tmp_path, toy_config, train):
     assert all(np.isfinite(h["loss"]) for h in result.history)
 
 
+def test_threads_option_sets_torch_threads_for_that_run_only(tmp_path, toy_config):
+    before = torch.get_num_threads()
+    wanted = before + 1  # differs from the default on any machine
+    toy_config["methods"] = [{"name": "threads", "loss": {"name": "thread-recorder"},
+                              "train": {"threads": wanted}}]
+    toy.ThreadRecordingLoss.seen.clear()
+    assert run(toy_config, tmp_path, **_quiet()).results[0].status == "ok"
+    assert set(toy.ThreadRecordingLoss.seen) == {wanted}
+    assert torch.get_num_threads() == before  # restored for the next run
+
+
 def test_cuda_device_without_cuda_fails_the_run_clearly(tmp_path, toy_config):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
