@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common], help="train and evaluate every method x seed")
     config_args(p)
-    p.add_argument("--out", default="results", help="results folder (default: results)")
+    # not "results": that folder holds the committed leaderboard runs, which a fresh run would skip
+    p.add_argument("--out", default="runs",
+                   help="folder for result files, one subfolder per benchmark (default: runs)")
     p.add_argument("--overwrite", action="store_true", help="redo runs that already have an ok result")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -42,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     config_args(p)
 
     p = sub.add_parser("table", parents=[common], help="comparison table from result files")
-    p.add_argument("directory", help="a benchmark's results folder, e.g. results/shapes")
+    p.add_argument("directory", help="a benchmark's results folder, e.g. results/shapes "
+                                      "(a folder of several benchmarks gives one table each)")
     p.add_argument("--format", default="github", choices=["github", "latex", "html", "csv"])
     p.add_argument("--metrics", nargs="+", metavar="METRIC", help="columns (default: the benchmark's report)")
     p.add_argument("--output", "-o", help="write the table to this file instead of stdout")
@@ -81,11 +84,33 @@ def _report_load_errors(registry) -> None:
         print(f"warning: plugin {err.name!r} failed to load: {err.error}", file=sys.stderr)
 
 
+def _make_out_dir(out: str) -> list[Path]:
+    """Create ``--out`` before any training, so an unusable path fails now, not after the last run.
+    Returns the folders it created, deepest first."""
+    path = Path(out)
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = "exists and is not a folder" if path.exists() else exc.strerror or str(exc)
+        raise HarnessError(f"--out {out}: cannot use as results folder: {reason}") from None
+    return created
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from harness.runner import run
-        outcome = run(args.file, args.out, overrides=args.overrides, plugins=args.plugin,
-                      overwrite=args.overwrite, progress=not args.no_progress)
+        created = _make_out_dir(args.out)
+        try:
+            outcome = run(args.file, args.out, overrides=args.overrides, plugins=args.plugin,
+                          overwrite=args.overwrite, progress=not args.no_progress)
+        except BaseException:
+            for folder in created:  # a rejected benchmark leaves no empty folders behind
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: a run wrote there, keep it
+                    break
+            raise
         print(outcome.table)
         print(f"\nresults: {outcome.directory}", file=sys.stderr)
         return 0 if outcome.ok else 1
@@ -105,7 +130,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "table":
         from harness.results import load_results
-        from harness.tables import build_table
+        from harness.tables import build_table, check_metrics
         directory = Path(args.directory)
         if not directory.is_dir():
             raise HarnessError(f"{directory}: not a folder")
@@ -116,9 +141,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"warning: {w.message}", file=sys.stderr)
         if not results:
             raise HarnessError(f"{directory}: no result files (expected <method>/seed-<n>.json)")
+        if args.metrics:
+            check_metrics(results, args.metrics)
         text = build_table(results, args.metrics, args.format)
         if args.output:
-            Path(args.output).write_text(text + "\n")
+            try:
+                Path(args.output).write_text(text + "\n")
+            except OSError as exc:
+                raise HarnessError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         else:
             print(text)
         return 0

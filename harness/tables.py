@@ -12,6 +12,7 @@ from typing import Iterable, Literal, Sequence
 
 from tabulate import tabulate
 
+from harness.errors import HarnessError, did_you_mean
 from harness.results import RunResult
 
 Format = Literal["github", "latex", "html", "csv"]
@@ -19,10 +20,11 @@ FORMATS: tuple[str, ...] = ("github", "latex", "html", "csv")
 
 
 class MethodRow:
-    """All runs of one method: their statuses and per-metric values over ``ok`` seeds."""
+    """All runs of one method of one benchmark: their statuses and per-metric values over ``ok`` seeds."""
 
     def __init__(self, method: str, runs: list[RunResult]):
         self.method = method
+        self.benchmark = runs[0].benchmark
         self.runs = sorted(runs, key=lambda r: r.seed)
         self.ok = [r for r in self.runs if r.status == "ok"]
         self.order = min(r.method_index for r in runs)
@@ -45,10 +47,20 @@ class MethodRow:
 
 
 def group_runs(results: Iterable[RunResult]) -> list[MethodRow]:
-    by_method: dict[str, list[RunResult]] = {}
+    # keyed by benchmark too: two benchmarks' "infonce" runs are different experiments, never one row
+    by_method: dict[tuple[str, str], list[RunResult]] = {}
     for r in results:
-        by_method.setdefault(r.method, []).append(r)
-    return sorted((MethodRow(m, runs) for m, runs in by_method.items()), key=lambda row: (row.order, row.method))
+        by_method.setdefault((r.benchmark, r.method), []).append(r)
+    return sorted((MethodRow(m, runs) for (_, m), runs in by_method.items()),
+                  key=lambda row: (row.benchmark, row.order, row.method))
+
+
+def by_benchmark(results: Iterable[RunResult]) -> dict[str, list[RunResult]]:
+    """Results split by benchmark name, in name order."""
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        groups.setdefault(r.benchmark, []).append(r)
+    return dict(sorted(groups.items()))
 
 
 def default_metrics(results: Sequence[RunResult]) -> list[str]:
@@ -60,6 +72,20 @@ def default_metrics(results: Sequence[RunResult]) -> list[str]:
     for r in results:
         seen.update(dict.fromkeys(r.metrics))
     return list(seen)
+
+
+def check_metrics(results: Sequence[RunResult], metrics: Sequence[str]) -> None:
+    """Reject requested metrics that no result file knows (a typo would otherwise be a silent "—"
+    column). A metric missing only from failed runs is fine: the benchmark still reports it."""
+    known: dict[str, None] = {}
+    for r in results:
+        known.update(dict.fromkeys(r.report_metrics))
+        known.update(dict.fromkeys(r.metrics))
+    unknown = [m for m in metrics if m not in known]
+    if unknown:
+        names = ", ".join(f"{m!r}{did_you_mean(m, known)}" for m in unknown)
+        raise HarnessError(f"unknown metric{'s' if len(unknown) > 1 else ''} {names}; "
+                           f"available: {', '.join(known) or 'none'}")
 
 
 def directions(results: Sequence[RunResult]) -> dict[str, bool]:
@@ -81,15 +107,36 @@ def _number(x: float, decimals: int | None = None) -> str:
 def build_table(results: Sequence[RunResult], metrics: Sequence[str] | None = None,
                 fmt: str = "github") -> str:
     """One row per method: mean ± sample std over ``ok`` seeds, the seed count, the status of every
-    run (failed and diverged runs are shown, not hidden); the best mean per column is marked."""
+    run (failed and diverged runs are shown, not hidden); the best mean per column is marked.
+
+    Results of several benchmarks give one table per benchmark, each under a heading with its name
+    (csv: one table with a leading ``benchmark`` column), each with its own default metrics and best."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    groups = by_benchmark(results)
+    if len(groups) <= 1:
+        return _table(results, metrics, fmt)
+    if fmt == "csv":
+        columns = list(metrics) if metrics else list(dict.fromkeys(
+            m for runs in groups.values() for m in default_metrics(runs)))
+        # each benchmark's best is its own; one header for all (the first line: names hold no newline)
+        parts = [_table(runs, columns, "csv", benchmark_column=True).partition("\n")
+                 for runs in groups.values()]
+        return parts[0][0] + "\n" + "".join(body for _, _, body in parts)
+    heading = {"github": "### {}", "latex": "% {}", "html": "<h3>{}</h3>"}[fmt]
+    return "\n\n".join(f"{heading.format(html.escape(name) if fmt == 'html' else name)}\n\n"
+                       f"{_table(runs, metrics, fmt)}" for name, runs in groups.items())
+
+
+def _table(results: Sequence[RunResult], metrics: Sequence[str] | None, fmt: str,
+           benchmark_column: bool = False) -> str:
+    """The table of one benchmark's results."""
     rows = group_runs(results)
     metrics = list(metrics) if metrics else default_metrics(results)
     higher = directions(results)
     best = {m: _best_mean(rows, m, higher.get(m, True)) for m in metrics}
     if fmt == "csv":
-        return _csv(rows, metrics, best)
+        return _csv(rows, metrics, best, benchmark_column)
 
     def mark(text: str) -> str:
         return {"github": f"**{text}**", "latex": rf"\textbf{{{text}}}", "html": f"<b>{text}</b>"}[fmt]
@@ -126,11 +173,14 @@ def _best_mean(rows: list[MethodRow], metric: str, higher_is_better: bool) -> fl
     return max(means) if higher_is_better else min(means)
 
 
-def _csv(rows: list[MethodRow], metrics: list[str], best: dict[str, float | None]) -> str:
+def _csv(rows: list[MethodRow], metrics: list[str], best: dict[str, float | None],
+         benchmark_column: bool = False) -> str:
     """Machine-readable: numeric mean and std columns, plus which metrics the row is best on."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", "seeds", "status", *[c for m in metrics for c in (m, f"{m} std")], "best"])
+    lead = ["benchmark"] if benchmark_column else []
+    writer.writerow([*lead, "method", "seeds", "status", *[c for m in metrics for c in (m, f"{m} std")],
+                     "best"])
     for row in rows:
         values, best_on = [], []
         for m in metrics:
@@ -138,7 +188,8 @@ def _csv(rows: list[MethodRow], metrics: list[str], best: dict[str, float | None
             values += ["", ""] if stats is None else [repr(stats[0]), repr(stats[1])]
             if stats is not None and stats[0] == best[m]:
                 best_on.append(m)
-        writer.writerow([row.method, len(row.ok), row.status(), *values, ";".join(best_on)])
+        lead = [row.benchmark] if benchmark_column else []
+        writer.writerow([*lead, row.method, len(row.ok), row.status(), *values, ";".join(best_on)])
     return buffer.getvalue()
 
 

@@ -1,9 +1,12 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
+import harness.runner
+from harness.cli import main
 from harness.results import read_result
 
 from conftest import ROOT, TESTS, cli_env, harness_cmd
@@ -106,3 +109,33 @@ def test_closed_pipe_is_not_a_traceback():
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 1
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    """``harness.runner.run`` replaced by a recorder: proves whether the CLI would have trained."""
+    calls = []
+
+    def run(config, out_dir, **kwargs):
+        calls.append(out_dir)
+        return SimpleNamespace(table="table", directory=out_dir, ok=True)
+
+    monkeypatch.setattr(harness.runner, "run", run)
+    return calls
+
+
+@pytest.mark.parametrize("out", ["file", "file/sub"])
+def test_run_with_unusable_out_exits_2_before_training(tmp_path, fake_run, capsys, out):
+    (tmp_path / "file").write_text("")
+    assert main(["run", "benchmarks/smoke.yaml", "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {tmp_path / out}" in err
+    assert fake_run == []  # nothing trained
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_run_default_out_is_runs_not_the_committed_results(tmp_path, monkeypatch, fake_run, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "toy.yaml"]) == 0
+    assert fake_run == ["runs"] and (tmp_path / "runs").is_dir() and not (tmp_path / "results").exists()
+    assert "default: runs" in _harness("run", "--help").stdout

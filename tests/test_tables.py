@@ -6,15 +6,16 @@ from datetime import datetime, timezone
 
 import pytest
 
+from harness.cli import main
 from harness.results import RunResult, load_results, provenance, result_path, write_result
 from harness.tables import build_table
 
-from conftest import cli_env, harness_cmd
+from conftest import ROOT, cli_env, harness_cmd
 
 
-def _result(method, seed, metrics, status="ok", index=0):
+def _result(method, seed, metrics, status="ok", index=0, benchmark="b"):
     now = datetime.now(timezone.utc)
-    return RunResult(benchmark="b", method=method, method_index=index, seed=seed, status=status,
+    return RunResult(benchmark=benchmark, method=method, method_index=index, seed=seed, status=status,
                      metrics=metrics if status == "ok" else {},
                      higher_is_better={"r/R@1": True, "r/medr": False} if status == "ok" else {},
                      report_metrics=["r/R@1", "r/medr"], config={"name": method},
@@ -103,3 +104,62 @@ def test_write_result_is_atomic_and_leaves_no_temp_files(tmp_path, results):
     assert [p.name for p in path.parent.iterdir()] == ["seed-0.json"]
     assert json.loads(path.read_text())["seed"] == 1
     assert len(load_results(tmp_path / "b")) == 1
+
+
+def _write(directory, results):
+    for r in results:
+        write_result(result_path(directory, r.benchmark, r.method.replace("<", "").replace(">", "")
+                                 .replace("/", ""), r.seed), r)
+
+
+def test_several_benchmarks_give_one_table_each_never_pooled(results):
+    other = [_result("alpha", 0, {"r/R@1": 90.0, "r/medr": 1.0}, benchmark="a<&>")]
+    mixed = results + other
+    table = build_table(mixed)
+    first, second = table.split("### b\n\n")  # sorted by benchmark name: "a<&>" before "b"
+    assert first.startswith("### a<&>\n\n") and "**90.00**" in first and "beta" not in first
+    assert second == build_table(results)  # alpha's 10/20 not pooled with the other benchmark's 90
+    assert "% a<&>\n" in build_table(mixed, fmt="latex")
+    page = build_table(mixed, fmt="html")
+    assert "<h3>a&lt;&amp;&gt;</h3>" in page and "<h3>b</h3>" in page
+    rows = list(csv.DictReader(io.StringIO(build_table(mixed, fmt="csv"))))
+    assert [(r["benchmark"], r["method"]) for r in rows] == [
+        ("a<&>", "alpha"), ("b", "alpha"), ("b", "<script>beta</script>"), ("b", "gamma_x")]
+    assert float(rows[0]["r/R@1"]) == 90.0 and float(rows[1]["r/R@1"]) == 15.0
+    assert rows[0]["best"] == "r/R@1;r/medr" and rows[2]["best"] == "r/R@1"  # best within a benchmark
+
+
+def test_single_benchmark_csv_has_no_benchmark_column(results):
+    assert "benchmark" not in build_table(results, fmt="csv").splitlines()[0]
+
+
+@pytest.mark.parametrize("table", sorted((ROOT / "results").glob("*/table.md")), ids=lambda p: p.parent.name)
+def test_committed_tables_are_rebuilt_byte_for_byte(table):
+    assert build_table(load_results(table.parent)) + "\n" == table.read_text()
+
+
+def test_cli_table_of_a_folder_of_benchmarks(tmp_path, results, capsys):
+    _write(tmp_path, results + [_result("alpha", 0, {"r/R@1": 90.0, "r/medr": 1.0}, benchmark="a")])
+    assert main(["table", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "### a\n" in out and "### b\n" in out and out.count("alpha") == 2
+
+
+def test_cli_table_unknown_metric_exits_2_with_suggestion(tmp_path, results, capsys):
+    _write(tmp_path, results)
+    assert main(["table", str(tmp_path / "b"), "--metrics", "r/R@1", "r/R@l"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'r/R@l'" in err and "did you mean 'r/R@1'" in err
+    assert "available: r/R@1, r/medr" in err
+    # a metric the failed runs lack is still known: "—" for them, not an error
+    assert main(["table", str(tmp_path / "b"), "--metrics", "r/medr"]) == 0
+
+
+def test_cli_table_unwritable_output_exits_2_naming_path(tmp_path, results, capsys):
+    _write(tmp_path, results)
+    target = tmp_path / "missing" / "x.md"
+    assert main(["table", str(tmp_path / "b"), "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"harness: error: cannot write {target}: No such file or directory\n"
+    assert main(["table", str(tmp_path / "b"), "-o", str(tmp_path)]) == 2  # a folder: IsADirectoryError
+    assert str(tmp_path) in capsys.readouterr().err
