@@ -134,6 +134,7 @@ def test_linear_cca_matches_scikit_learn(views):
 
 @pytest.mark.parametrize("shrinkage", [0.0, 0.2, (0.1, 0.6)])
 def test_linear_cca_matches_cca_zoo(views, shrinkage):
+    pytest.importorskip("cca_zoo")  # a dev dependency only on Python >= 3.11
     from cca_zoo.linear import CCA, RidgeCCA
 
     X, Y, Xt, Yt = views
@@ -153,6 +154,48 @@ def test_linear_cca_matches_cca_zoo(views, shrinkage):
         np.testing.assert_allclose(model.correlations(A, B), pearson(RU, RV), atol=1e-6, rtol=0)
         assert_equal_up_to_sign(unit_variance(U, model.transform_x(X)), unit_variance(RU, ref_train[0]), 1e-6)
         assert_equal_up_to_sign(unit_variance(V, model.transform_y(Y)), unit_variance(RV, ref_train[1]), 1e-6)
+
+
+def independent_scaled_views(seed, n=100):
+    """Independent views with feature scales 0.1–3: the ridge shrinks the (noise) correlations of the
+    low-variance directions most, so the order of D is not that of the training correlations."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, 8)) * rng.uniform(0.1, 3, 8),
+            rng.standard_normal((n, 6)) * rng.uniform(0.1, 3, 6))
+
+
+def torch_everywhere(monkeypatch):
+    """Send CPU inputs down the code path CUDA tensors take (torch linear algebra)."""
+    original = cca_plugin._as_arrays
+
+    def patched(*arrays):
+        out, kind = original(*arrays)
+        return [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in out], kind
+
+    monkeypatch.setattr(cca_plugin, "_as_arrays", patched)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("make", [lambda: LinearCCA(k=4, reg=1.0), lambda: LinearCCA(k=4, reg=0.0, reg_y=2.0),
+                                  lambda: KernelCCA(k=4), lambda: KernelCCA(k=4, nystrom=60)],
+                         ids=["linear-reg", "linear-reg_y", "rbf", "rbf-nystrom"])
+def test_regularised_training_correlations_come_out_descending(make, backend, monkeypatch):
+    if backend == "torch":
+        torch_everywhere(monkeypatch)
+    for seed in range(6):
+        X, Y = independent_scaled_views(seed)
+        model = make().fit(X, Y)
+        train = np.asarray(model.correlations(X, Y))
+        assert np.all(np.diff(train) <= 1e-12), (seed, train)
+        # D moved with the weights: each component's training correlation is ≥ its own Dᵢᵢ.
+        D = model.canonical_correlations_
+        assert np.all(train >= D - 1e-12) and model.total_correlation_ == pytest.approx(D.sum())
+        if isinstance(model, LinearCCA):  # the reference's components, reordered by training correlation
+            ref_D, fx, fy = reference_cca(X, Y, 4, model.reg, model.reg_y)
+            order = np.argsort(-pearson(fx(X), fy(Y)), kind="stable")
+            np.testing.assert_allclose(D, ref_D[order], atol=1e-8, rtol=0)
+            assert_equal_up_to_sign(model.transform_x(X), fx(X)[:, order], atol=1e-6)
+            assert_equal_up_to_sign(model.transform_y(Y), fy(Y)[:, order], atol=1e-6)
 
 
 # --- rank deficiency, scale and dtype -----------------------------------------------------------------
@@ -445,6 +488,18 @@ def test_dcca_float32_agrees_with_float64():
     assert torch.isfinite(DCCALoss()(H1.bfloat16(), H2.bfloat16()))
 
 
+def test_dcca_under_bf16_autocast_is_computed_in_float32():
+    H1, H2 = (h.bfloat16().float() for h in random_outputs(1000, 10, 10, seed=4))  # bf16-representable
+    expected = DCCALoss()(H1, H2).item()
+    for dtype in (torch.float32, torch.bfloat16):
+        h1, h2 = (h.to(dtype, copy=True).requires_grad_(True) for h in (H1, H2))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = DCCALoss()(h1, h2)
+        loss.backward()
+        assert loss.dtype == torch.float32 and loss.item() == pytest.approx(expected, rel=1e-5)
+        assert torch.isfinite(h1.grad).all() and torch.isfinite(h2.grad).all()
+
+
 @pytest.mark.parametrize("k, reg", [(None, 0.0), (2, 1e-2)])
 def test_dcca_gradcheck(k, reg):
     H1, H2 = random_outputs(12, 3, 4, seed=3)
@@ -535,13 +590,7 @@ def test_torch_backend_matches_numpy_backend(views, monkeypatch):
     cpu_lin = LinearCCA(k=3, reg=0.1).fit(X, Y)
     cpu_ker = KernelCCA(k=2, nystrom=150).fit(X, Y)
     cpu_ker_exact = KernelCCA(k=2, kernel="poly").fit(X, Y)
-    original = cca_plugin._as_arrays
-
-    def torch_everywhere(*arrays):
-        out, kind = original(*arrays)
-        return [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in out], kind
-
-    monkeypatch.setattr(cca_plugin, "_as_arrays", torch_everywhere)
+    torch_everywhere(monkeypatch)
     lin = LinearCCA(k=3, reg=0.1).fit(X, Y)
     assert isinstance(lin.x_weights_, torch.Tensor)
     np.testing.assert_allclose(lin.canonical_correlations_, cpu_lin.canonical_correlations_, atol=1e-10)

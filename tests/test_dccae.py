@@ -111,6 +111,21 @@ def test_gradients_flow_to_decoders_and_encoders():
     assert loss.reconstruction(enc1(x), enc2(y), x, y).item() < before
 
 
+def test_bf16_autocast_gives_the_float32_loss_and_gradients():
+    torch.manual_seed(0)
+    loss = DCCAELoss(lambda_recon=0.3, hidden=[16], embed_dim=4, dataset_info=INFO)
+    h1, h2, x, y = (t.bfloat16().float() for t in batch(n=500))  # bf16-representable
+    expected = loss(h1, h2, images=x, texts=y).item()
+    h1.requires_grad_(True)
+    h2.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(h1, h2, images=x, texts=y)
+    value.backward()
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(expected, rel=1e-5)
+    for g in (h1.grad, h2.grad, *(p.grad for p in loss.parameters())):
+        assert g is not None and torch.isfinite(g).all()
+
+
 def test_sizes_from_context_or_parameters_and_errors():
     loss = harness.create("loss", "dccae", image_dim=5, text_dim=3, hidden=[])
     assert loss.decoder_image[0].in_features == 64 and loss.decoder_image[0].out_features == 5
