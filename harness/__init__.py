@@ -30,7 +30,7 @@ def available(kind: str | None = None) -> dict[str, list[str]]:
     return default_registry().available(kind)
 
 
-def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "results", *,
+def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
         overrides: Iterable[str] = (), plugins: Iterable[str] = (), overwrite: bool = False,
         progress: bool = True):
     """Run a benchmark from a YAML path or a dict; returns a :class:`harness.runner.BenchmarkOutcome`."""

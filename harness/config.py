@@ -103,6 +103,9 @@ class BenchmarkSpec(BaseModel):
     evaluators: list[ComponentSpec] = Field(default_factory=lambda: [ComponentSpec(name="retrieval")])
     report: ReportSpec = ReportSpec()
     plugins: list[str] = []  # extra plugin modules, like --plugin
+    # splits the evaluators score: test metrics keep their names ("retrieval/rsum"), the others get
+    # the split as a prefix ("val/retrieval/rsum") so settings can be chosen on val, reported on test
+    eval_splits: list[Literal["val", "test"]] = Field(default_factory=lambda: ["test"], min_length=1)
 
     @field_validator("seeds")
     @classmethod
@@ -111,14 +114,21 @@ class BenchmarkSpec(BaseModel):
             raise ValueError(f"seeds must be unique, got {seeds}")
         return seeds
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> "BenchmarkSpec":
-        for what, names in (("method", [m.name for m in self.methods]),
-                            ("evaluator", [e.name for e in self.evaluators])):
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                raise ValueError(f"{what} names must be unique; repeated: {', '.join(dupes)}")
-        return self
+    @field_validator("methods", "evaluators")
+    @classmethod
+    def _unique_names(cls, items: list[Any]) -> list[Any]:
+        names = [item.name for item in items]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"names must be unique; repeated: {', '.join(dupes)}")
+        return items
+
+    @field_validator("eval_splits")
+    @classmethod
+    def _unique_splits(cls, splits: list[str]) -> list[str]:
+        if len(set(splits)) != len(splits):
+            raise ValueError(f"splits must be unique, got {splits}")
+        return splits
 
 
 # --- loading ------------------------------------------------------------------------------------------
@@ -278,7 +288,7 @@ def _config_error(exc: ValidationError, data: Mapping[str, Any], file: str | Non
     for err in exc.errors():
         field = _field_path(err["loc"], data)
         first_field = first_field or field
-        detail = err["msg"]
+        detail = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             detail = "unknown field"
         elif err["type"] == "missing":

@@ -25,6 +25,7 @@ Status = Literal["ok", "failed", "diverged"]
 class Provenance(BaseModel):
     harness_version: str
     git_sha: str | None = None
+    git_dirty: bool | None = None  # the code (harness/, plugins/, pyproject.toml) differed from git_sha
     python: str
     torch: str | None = None
     cuda: str | None = None
@@ -55,6 +56,10 @@ class RunResult(BaseModel):
     report_metrics: list[str] = []
     config: dict[str, Any]  # the fully resolved method config (defaults merged, sweeps expanded)
     dataset: DatasetRecord | None = None
+    # the rest of the job: with config and dataset, enough to run it again (None in older files)
+    evaluators: list[dict[str, Any]] | None = None
+    eval_splits: list[str] = ["test"]
+    plugins: list[str] = []
     history: list[dict[str, Any]] = []
     provenance: Provenance
 
@@ -74,6 +79,7 @@ def write_result(path: str | Path, result: RunResult) -> None:
             f.write(result.model_dump_json(indent=2))
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -120,7 +126,7 @@ def provenance(started_at: datetime, finished_at: datetime, duration_s: float,
         torch_version, cuda = torch.__version__, torch.version.cuda
     except ImportError:  # pragma: no cover - torch is a dependency
         torch_version = cuda = None
-    return Provenance(harness_version=harness.__version__, git_sha=git_sha(),
+    return Provenance(harness_version=harness.__version__, git_sha=git_sha(), git_dirty=git_dirty(),
                       python=sys.version.split()[0], torch=torch_version, cuda=cuda, device=device,
                       platform=platform.platform(), started_at=started_at, finished_at=finished_at,
                       duration_s=round(duration_s, 3))
@@ -129,3 +135,19 @@ def provenance(started_at: datetime, finished_at: datetime, duration_s: float,
 def to_jsonable(value: Any) -> Any:
     """Config values as plain JSON types (tuples → lists)."""
     return json.loads(json.dumps(value, default=str))
+
+
+@lru_cache(maxsize=1)
+def git_dirty() -> bool | None:
+    """Whether the checkout's code has uncommitted changes (``None`` outside a git checkout).
+
+    Only the code and packaging count: result files written by the run itself must not make it dirty.
+    """
+    root = Path(harness.__file__).parent.parent
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                              "harness", "plugins", "pyproject.toml"],
+                             cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None

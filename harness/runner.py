@@ -48,6 +48,7 @@ class Job(BaseModel):
     evaluators: list[dict[str, Any]]
     report_metrics: list[str] = []
     plugins: list[str] = []
+    eval_splits: list[str] = ["test"]
 
     @property
     def name(self) -> str:
@@ -81,48 +82,103 @@ def plan(spec: BenchmarkSpec) -> list[Job]:
     evaluators = [e.model_dump() for e in spec.evaluators]
     return [Job(benchmark=spec.name, method=m.model_dump(exclude_none=True), method_index=i, seed=seed,
                 dataset=dataset, evaluators=evaluators, report_metrics=spec.report.metrics,
-                plugins=spec.plugins)
+                plugins=spec.plugins, eval_splits=spec.eval_splits)
             for i, m in enumerate(spec.methods) for seed in spec.seeds]
 
 
-def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | None = None) -> None:
-    """Resolve every component and check its parameters against its signature, without training."""
+def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | None = None, *,
+                        forward_check: bool = True) -> None:
+    """Resolve and build every component, without training: names, parameter names and values, and
+    (``forward_check``) whether each method's encoders, loss and sampler work together on this
+    dataset, by one forward pass on a few training samples. The first problem raises a
+    :class:`ConfigError` naming its field.
 
-    def check(kind: str, comp: ComponentSpec, field: str) -> None:
+    ``harness run`` skips the forward check: there an exception in one method's code marks that
+    method's runs ``failed`` and the others still train, while ``harness validate`` reports it."""
+
+    def build(kind: str, comp: ComponentSpec, field: str, context: dict[str, Any] | None = None) -> Any:
         try:
-            registry.get(kind, comp.name).check_params(comp.params)
+            return registry.get(kind, comp.name).build(comp.params, context)
         except ConfigError as exc:
             sub = exc.field if exc.field and exc.field != "name" else None
             raise ConfigError(exc.message, file=file,
                               field=f"{field}.{sub}" if sub else f"{field}.name") from None
+        except Exception as exc:  # a constructor rejecting a value, a missing weights file, …
+            raise ConfigError(_describe(exc), file=file, field=field) from None
 
-    check("dataset", spec.dataset, "dataset")
-    evaluator_names = set()
     for comp in spec.evaluators:
-        check("evaluator", comp, f"evaluators[{comp.name}]")
-        evaluator_names.add(comp.name)
+        build("evaluator", comp, f"evaluators[{comp.name}]")
+    registry.get("dataset", spec.dataset.name)  # unknown name: "did you mean" before building
+    try:
+        dataset, _ = get_dataset(spec.dataset.model_dump(), registry)
+        splits = {name: dataset.split(name) for name in {"train", *spec.eval_splits}}
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file=file, field=f"dataset.{exc.field or 'name'}") from None
+    except Exception as exc:
+        raise ConfigError(_describe(exc), file=file, field="dataset") from None
     for m in spec.methods:
         where = f"methods[{m.name}]"
-        check("encoder", m.encoders.image, f"{where}.encoders.image")
-        check("encoder", m.encoders.text, f"{where}.encoders.text")
+        context = {"embed_dim": m.embed_dim, "dataset_info": dataset.info}
+        image = build("encoder", m.encoders.image, f"{where}.encoders.image", {**context, "modality": "image"})
+        text = build("encoder", m.encoders.text, f"{where}.encoders.text", {**context, "modality": "text"})
         if m.estimator is not None:
-            check("estimator", m.estimator, f"{where}.estimator")
-        if m.loss is not None:
-            check("loss", m.loss, f"{where}.loss")
-        if m.sampler is not None:
-            check("sampler", m.sampler, f"{where}.sampler")
-            try:  # losses and samplers are cheap to build; encoders may load weights, so not here
-                loss = registry.create("loss", m.loss.name, **m.loss.params)
-                sampler = registry.create("sampler", m.sampler.name, **m.sampler.params)
-                sampler.check_loss(loss)
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(str(exc), file=file, field=f"{where}.sampler") from None
+            build("estimator", m.estimator, f"{where}.estimator", context)
+            continue
+        loss = build("loss", m.loss, f"{where}.loss", context)
+        sampler = build("sampler", m.sampler, f"{where}.sampler", context) if m.sampler else Sampler()
+        try:
+            sampler.check_loss(loss)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(str(exc), file=file, field=f"{where}.sampler") from None
+        if m.train.optimizer == "lbfgs":
+            # full batch: the whole split is one step, so there are no past batches to queue and the
+            # line search, not a norm bound, sets the step length
+            if m.sampler is not None:
+                raise ConfigError(f"sampler {m.sampler.name!r} needs minibatches; optimizer lbfgs trains "
+                                  "on the whole split as one batch", file=file, field=f"{where}.sampler")
+            if m.train.grad_clip is not None:
+                raise ConfigError("grad_clip is not used by optimizer lbfgs (its line search sets the "
+                                  "step length); remove it", file=file, field=f"{where}.train.grad_clip")
+        if not forward_check:
+            continue
+        try:
+            dry_run(DualEncoder(image, text), loss, sampler, splits["train"], dataset)
+        except Exception as exc:
+            raise ConfigError(f"the encoders and loss do not work together on this dataset: a forward "
+                              f"pass on {DRY_RUN_SAMPLES} training samples failed with {_describe(exc)}",
+                              file=file, field=where) from None
+    evaluator_names = {comp.name for comp in spec.evaluators}
     for metric in spec.report.metrics:
-        prefix = metric.split("/", 1)[0]
-        if "/" not in metric or prefix not in evaluator_names:
-            raise ConfigError(f"expected EVALUATOR/METRIC with an evaluator of this benchmark "
-                              f"({', '.join(sorted(evaluator_names))}), got {metric!r}",
-                              file=file, field="report.metrics")
+        split, _, rest = metric.partition("/")
+        name = rest if split in spec.eval_splits and split != "test" else metric
+        prefix = name.split("/", 1)[0]
+        if "/" not in name or prefix not in evaluator_names:
+            raise ConfigError(f"expected [SPLIT/]EVALUATOR/METRIC with an evaluator of this benchmark "
+                              f"({', '.join(sorted(evaluator_names))}) and a split of eval_splits other "
+                              f"than test, got {metric!r}", file=file, field="report.metrics")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ValueError, HarnessError)) else str(exc)
+
+
+DRY_RUN_SAMPLES = 4
+
+
+def dry_run(model: DualEncoder, loss: torch.nn.Module, sampler: Sampler, split: Split,
+            dataset: Dataset) -> None:
+    """One forward pass of encoders + sampler + loss on the first few trainable samples, no gradient."""
+    texts_of_image = split.texts_of_image()
+    index = np.array([i for i, t in enumerate(texts_of_image) if len(t)][:DRY_RUN_SAMPLES])
+    if len(index) == 0:
+        raise ValueError("the train split has no image with a text")
+    captions = np.array([texts_of_image[i][0] for i in index])
+    sampler.setup(model, loss)
+    with torch.no_grad():
+        batch, extras = make_batch(model, split, index, captions, _loss_extras(loss),
+                                   list(dataset.info.class_names), torch.device("cpu"))
+        image_emb, text_emb = model(batch["images"], batch["texts"])
+        sampler.compute_loss(loss, model, batch, image_emb, text_emb, extras)
 
 
 # --- datasets (cached per process: every method and seed sees the same data) ------------------------
@@ -177,7 +233,7 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         dataset, fingerprint = get_dataset(job.dataset, registry)
         dataset_record = DatasetRecord(name=job.dataset["name"], fingerprint=fingerprint,
                                        params={k: v for k, v in job.dataset.items() if k != "name"})
-        train, test = dataset.split("train"), dataset.split("test")
+        train = dataset.split("train")
         seed_everything(job.seed)
         context = {"embed_dim": spec.embed_dim, "dataset_info": dataset.info}
         encoders = DualEncoder(
@@ -193,14 +249,16 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
             estimator = _build(registry, "estimator", spec.estimator, context)
             model = EstimatorModel(encoders, estimator).fit(train.images, train.texts,
                                                             train.text_to_image)
-        eval_context = EvalContext(model=model, split=test, train_split=train,
-                                   dataset_info=dataset.info, device=device, seed=job.seed)
-        for comp in job.evaluators:
-            params = {k: v for k, v in comp.items() if k != "name"}
-            evaluator = registry.create("evaluator", comp["name"], **params)
-            for key, value in evaluator.evaluate(eval_context).items():
-                metrics[f"{comp['name']}/{key}"] = _finite_or_none(value)
-                higher[f"{comp['name']}/{key}"] = bool(evaluator.higher_is_better(key))
+        for split_name in job.eval_splits:
+            eval_context = EvalContext(model=model, split=dataset.split(split_name), train_split=train,
+                                       dataset_info=dataset.info, device=device, seed=job.seed)
+            prefix = "" if split_name == "test" else f"{split_name}/"
+            for comp in job.evaluators:
+                params = {k: v for k, v in comp.items() if k != "name"}
+                evaluator = registry.create("evaluator", comp["name"], **params)
+                for key, value in evaluator.evaluate(eval_context).items():
+                    metrics[f"{prefix}{comp['name']}/{key}"] = _finite_or_none(value)
+                    higher[f"{prefix}{comp['name']}/{key}"] = bool(evaluator.higher_is_better(key))
     except Diverged as exc:
         status, error = "diverged", str(exc)
     except Exception as exc:  # one method's bug must not stop the benchmark
@@ -213,6 +271,7 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         status=status, error=error, traceback=trace, metrics=metrics if status == "ok" else {},
         higher_is_better=higher if status == "ok" else {}, report_metrics=job.report_metrics,
         config=to_jsonable(job.method), dataset=dataset_record, history=history,
+        evaluators=to_jsonable(job.evaluators), eval_splits=job.eval_splits, plugins=job.plugins,
         provenance=provenance(started, finished, time.perf_counter() - t0,
                               describe_device(device) if device is not None else None))
 
@@ -270,6 +329,24 @@ def lr_factor(step: int, steps_per_epoch: int, train: TrainSpec) -> float:
     return 1.0
 
 
+def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np.ndarray,
+               extras_wanted: list[str], class_names: list[str], device: torch.device
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The prepared inputs of images ``index`` paired with texts ``captions``, and the loss's extras."""
+    batch = {"images": to_device(model.image_encoder.prepare(take(split.images, index)), device),
+             "texts": to_device(model.text_encoder.prepare(split.take_texts(captions)), device)}
+    extras = {}
+    for name in extras_wanted:
+        if name in ("images", "texts"):  # the prepared inputs, e.g. for reconstruction losses
+            extras[name] = batch[name]
+        elif name == "label_emb":
+            labels_in = model.text_encoder.prepare(class_names)
+            extras[name] = model.text_encoder(to_device(labels_in, device))
+        elif name in split.extras:
+            extras[name] = torch.as_tensor(np.asarray(split.extras[name])[index]).to(device)
+    return batch, extras
+
+
 def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset, registry: Registry,
                    context: dict[str, Any], device: torch.device, *, progress: bool = True,
                    notify: Callable[..., None] | None = None,
@@ -304,21 +381,13 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                               enabled=train.precision == "bf16")
 
-    def batch_loss(index: np.ndarray) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+    def draw_captions(index: np.ndarray) -> np.ndarray:
         # one random caption of each image per step: every caption is seen across epochs
-        pick = offsets[index] + (caption_rng.random(len(index)) * counts[index]).astype(int)
-        batch = {"images": to_device(model.image_encoder.prepare(take(split.images, index)), device),
-                 "texts": to_device(model.text_encoder.prepare(split.take_texts(flat_texts[pick])),
-                                    device)}
-        extras = {}
-        for name in extras_wanted:
-            if name in ("images", "texts"):  # the prepared inputs, e.g. for reconstruction losses
-                extras[name] = batch[name]
-            elif name == "label_emb":
-                labels_in = model.text_encoder.prepare(class_names)
-                extras[name] = model.text_encoder(to_device(labels_in, device))
-            elif name in split.extras:
-                extras[name] = torch.as_tensor(np.asarray(split.extras[name])[index]).to(device)
+        return flat_texts[offsets[index] + (caption_rng.random(len(index)) * counts[index]).astype(int)]
+
+    def batch_loss(index: np.ndarray, captions: np.ndarray
+                   ) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+        batch, extras = make_batch(model, split, index, captions, extras_wanted, class_names, device)
         with autocast:
             image_emb, text_emb = model(batch["images"], batch["texts"])
             loss = sampler.compute_loss(loss_fn, model, batch, image_emb, text_emb, extras)
@@ -336,18 +405,22 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
             perm = torch.randperm(len(trainable), generator=order_rng).numpy()
             for step in range(steps_per_epoch):
                 index = trainable[perm[step * batch_size:(step + 1) * batch_size]]
+                captions = draw_captions(index)
                 if full_batch:
+                    # L-BFGS evaluates the closure several times per step: all on the same captions,
+                    # or its line search would chase a moving objective
                     def closure():
                         optimizer.zero_grad(set_to_none=True)
-                        value = batch_loss(index)[0]
+                        value = batch_loss(index, captions)[0]
                         value.backward()
                         return value
                     loss = optimizer.step(closure)
+                    scheduler.step()
                     losses.append(float(loss.detach()))
                     bar.update(1)
                     continue
                 try:
-                    loss, batch, image_emb, text_emb = batch_loss(index)
+                    loss, batch, image_emb, text_emb = batch_loss(index, captions)
                 except Diverged as exc:
                     raise Diverged(f"{exc} at epoch {epoch}, step {step}") from None
                 optimizer.zero_grad(set_to_none=True)
@@ -411,44 +484,111 @@ def notifier(registry: Registry, echo: Callable[[str], None]) -> Callable[..., N
 
 
 def prepare(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = (),
-            plugins: Iterable[str] = ()) -> tuple[BenchmarkSpec, Registry, str | None]:
+            plugins: Iterable[str] = (), forward_check: bool = True
+            ) -> tuple[BenchmarkSpec, Registry, str | None]:
     """Load, validate and resolve a benchmark (what ``harness validate`` does)."""
     spec, file = load_benchmark(config, overrides)
     registry = load_plugins([*plugins, *spec.plugins]) if (list(plugins) or spec.plugins) \
         else default_registry()
-    validate_components(spec, registry, file)
+    validate_components(spec, registry, file, forward_check=forward_check)
     return spec, registry, file
 
 
-def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "results", *,
+#: train settings that change how a run executes, not what it computes
+EXECUTION_ONLY = frozenset({"threads", "checkpoint", "eval_batch_size"})
+
+
+def _comparable(method: Mapping[str, Any]) -> dict[str, Any]:
+    """A method config with defaults filled in (older files may lack newer fields) and the
+    execution-only train settings dropped."""
+    data = to_jsonable(MethodSpec.model_validate(dict(method)).model_dump(exclude_none=True))
+    data["train"] = {k: v for k, v in data.get("train", {}).items() if k not in EXECUTION_ONLY}
+    return data
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    return None if old == new else f"{path or 'value'}: {old!r} in the file, {new!r} now"
+
+
+def stale_reason(previous: RunResult, job: Job) -> str | None:
+    """Why an existing result does not belong to ``job`` (a different configuration), or None."""
+    try:
+        old_method = _comparable(previous.config)
+    except Exception:  # written by an incompatible version: cannot vouch for it
+        return "its method config no longer validates"
+    parts = [("method", old_method, _comparable(job.method)),
+             ("dataset", {"name": previous.dataset.name, **previous.dataset.params} if previous.dataset
+              else None, to_jsonable(job.dataset))]
+    if previous.evaluators is not None:  # absent from files written before it was recorded
+        parts.append(("evaluators", {e["name"]: e for e in previous.evaluators},
+                      {e["name"]: e for e in to_jsonable(job.evaluators)}))
+        parts.append(("eval_splits", previous.eval_splits, job.eval_splits))
+    for label, old, new in parts:
+        found = _first_difference(old, new)
+        if found:
+            return f"{label} {found}"
+    return None
+
+
+def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
         overrides: Iterable[str] = (), plugins: Iterable[str] = (), overwrite: bool = False,
         progress: bool = True, echo: Callable[[str], None] | None = None) -> BenchmarkOutcome:
     """Run every method × seed of a benchmark, writing one result file each, and build the table.
 
-    Runs that already have an ``ok`` result are skipped unless ``overwrite``; failed or diverged runs
-    are retried. Returns the results of every job and the table built from the files.
+    Runs that already have an ``ok`` result of the same configuration are skipped unless
+    ``overwrite``; failed or diverged runs are retried. An ``ok`` result of a *different*
+    configuration (an edited benchmark file, a ``--set``) stops everything before training, unless
+    ``overwrite``: finished results are never replaced silently. Returns the results of every job and
+    the table built from the files.
     """
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
-    spec, registry, _ = prepare(config, overrides=overrides, plugins=plugins)
+    spec, registry, file = prepare(config, overrides=overrides, plugins=plugins, forward_check=False)
     for err in registry.load_errors:
         echo(f"warning: plugin {err.name!r} failed to load: {err.error}")
     notify = notifier(registry, echo)
     jobs = plan(spec)
     bench_dir = Path(out_dir).absolute() / spec.name
+    try:
+        bench_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HarnessError(f"cannot create the results folder {bench_dir}: {exc.strerror or exc}") from None
+    done: dict[int, RunResult] = {}
+    stale = []
+    for i, job in enumerate(jobs):
+        path = result_path(out_dir, spec.name, job.name, job.seed)
+        if overwrite or not path.exists():
+            continue
+        try:
+            previous = read_result(path)
+        except Exception:
+            continue  # unreadable: redo it
+        if previous.status != "ok":
+            continue
+        reason = stale_reason(previous, job)
+        if reason is None:
+            done[i] = previous
+        else:
+            stale.append(f"{path}: {reason}")
+    if stale:
+        more = f" (and {len(stale) - 3} more)" if len(stale) > 3 else ""
+        raise HarnessError(
+            f"{len(stale)} finished result(s) in {bench_dir} come from a different configuration, e.g. "
+            f"{'; '.join(stale[:3])}{more}. Pass --overwrite to replace them, or --out to write elsewhere.")
     notify("on_benchmark_start", benchmark=spec, jobs=jobs)
     results = []
     for i, job in enumerate(jobs, 1):
         path = result_path(out_dir, spec.name, job.name, job.seed)
-        if path.exists() and not overwrite:
-            try:
-                previous = read_result(path)
-            except Exception:
-                previous = None  # unreadable: redo it
-            if previous is not None and previous.status == "ok":
-                echo(f"[{i}/{len(jobs)}] {job.name} seed={job.seed}: already done, skipping "
-                     f"(--overwrite to redo)")
-                results.append(previous)
-                continue
+        if i - 1 in done:
+            echo(f"[{i}/{len(jobs)}] {job.name} seed={job.seed}: already done, skipping "
+                 f"(--overwrite to redo)")
+            results.append(done[i - 1])
+            continue
         notify("on_run_start", job=job)
         result = execute(job, registry, progress=progress, notify=notify,
                          checkpoint_path=path.with_suffix(".pt"))

@@ -92,7 +92,9 @@ def test_sweep_needs_lists():
     (MINIMAL.replace("epochs: 3", "epochs: three"), "methods[a].train.epochs", "integer"),
     (MINIMAL.replace("{name: a, loss: {name: infonce, temperature: 0.1}}", "{name: a}"),
      "methods[a]", "exactly one of 'loss'"),
-    (MINIMAL.replace("name: b", "name: a"), None, "repeated: a"),
+    (MINIMAL.replace("name: b", "name: a"), "methods", "names must be unique; repeated: a"),
+    (MINIMAL + "evaluators: [{name: retrieval}, {name: retrieval, ks: [1]}]\n", "evaluators", "repeated"),
+    (MINIMAL + "eval_splits: [train]\n", "eval_splits[0]", "'val' or 'test'"),
     (MINIMAL.replace("name: mini", "name: ../../etc"), "name", "pattern"),
     (MINIMAL + "seeds: [1, 1]\n", "seeds", "unique"),
 ])
@@ -158,3 +160,56 @@ def test_context_params_are_not_user_params(tmp_path):
     _validate(tmp_path, MINIMAL)  # gru's dataset_info / embed_dim come from the runner
     with pytest.raises(ConfigError, match="has no parameter 'dataset_info'"):
         _validate(tmp_path, MINIMAL.replace("{name: gru}", "{name: gru, dataset_info: 1}"))
+
+
+@pytest.mark.parametrize("old, new, field, words", [
+    ("temperature: 0.1", "temperature: -1", "methods[a].loss", "temperature must be > 0"),
+    ("dataset: {name: toy}", "dataset: {name: toy, size: -4}", "dataset", "negative"),
+    ("{name: b, loss: {name: infonce}", "{name: b, loss: {name: triplet, reduction: avg}",
+     "methods[b].loss", "reduction must be 'mean' or 'sum'"),
+    # a bad loss value is the loss's problem even when a sampler is there too
+    ("{name: b, loss: {name: infonce}", "{name: b, sampler: {name: moco}, loss: {name: infonce, temperature: 0}",
+     "methods[b].loss", "temperature"),
+    ("{name: b, loss: {name: infonce}", "{name: b, sampler: {name: moco, momentum: 2}, loss: {name: infonce}",
+     "methods[b].sampler", "momentum"),
+])
+def test_parameter_values_are_checked_by_building_components(tmp_path, old, new, field, words):
+    with pytest.raises(ConfigError) as info:
+        _validate(tmp_path, MINIMAL.replace(old, new))
+    assert info.value.field == field, str(info.value)
+    assert words in str(info.value)
+
+
+def test_evaluator_values_are_checked(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        _validate(tmp_path, MINIMAL + "evaluators: [{name: retrieval, ks: [0]}]\n")
+    assert info.value.field == "evaluators[retrieval]" and "ks" in str(info.value)
+
+
+def test_forward_check_catches_encoders_and_loss_that_do_not_fit(tmp_path):
+    text = MINIMAL.replace("{name: b, loss: {name: infonce}", "{name: b, loss: {name: exploding}")
+    with pytest.raises(ConfigError) as info:
+        _validate(tmp_path, text)
+    assert info.value.field == "methods[b]" and "boom from ExplodingLoss" in str(info.value)
+    spec, file = load_benchmark(_write(tmp_path, text))
+    # harness run leaves this to the run itself, which records it as failed (tests/test_runner.py)
+    validate_components(spec, load_plugins(["harness_test_plugin"]), file, forward_check=False)
+
+
+def test_lbfgs_rejects_minibatch_only_options(tmp_path):
+    lbfgs = MINIMAL.replace("{name: b, loss: {name: infonce}, train: {epochs: 1}}",
+                            "{name: b, loss: {name: infonce}, train: {optimizer: lbfgs, grad_clip: 1.0}}")
+    with pytest.raises(ConfigError) as info:
+        _validate(tmp_path, lbfgs)
+    assert info.value.field == "methods[b].train.grad_clip"
+    with pytest.raises(ConfigError) as info:
+        _validate(tmp_path, lbfgs.replace("grad_clip: 1.0", "epochs: 1").replace(
+            "loss: {name: infonce}, train: {optimizer", "loss: {name: infonce}, sampler: {name: moco}, train: {optimizer"))
+    assert info.value.field == "methods[b].sampler" and "whole split" in str(info.value)
+
+
+def test_report_metrics_may_name_a_val_metric_when_val_is_evaluated(tmp_path):
+    _validate(tmp_path, MINIMAL + "eval_splits: [val, test]\nreport: {metrics: [val/retrieval/rsum]}\n")
+    with pytest.raises(ConfigError) as info:
+        _validate(tmp_path, MINIMAL + "report: {metrics: [val/retrieval/rsum]}\n")
+    assert info.value.field == "report.metrics"

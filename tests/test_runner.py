@@ -11,6 +11,7 @@ import torch
 
 import harness
 from harness.config import TrainSpec
+from harness.errors import HarnessError
 from harness.results import read_result
 from harness.runner import lr_factor, run
 
@@ -40,6 +41,11 @@ def test_run_writes_one_typed_result_file_per_method_and_seed(tmp_path, toy_conf
         assert prov.torch == torch.__version__ and prov.device == "cpu"
         assert prov.python.startswith(f"{sys.version_info.major}.") and prov.duration_s > 0
         assert prov.finished_at >= prov.started_at
+        # the rest of the job, so that the file alone says how to run it again
+        assert result.evaluators == [{"name": "retrieval"}] and result.eval_splits == ["test"]
+        assert result.plugins == ["harness_test_plugin"]
+        assert prov.git_dirty in (True, False, None)
+        assert path.stat().st_mode & 0o777 == 0o644  # readable by others sharing the results
     assert (tmp_path / "toy" / "table.md").read_text().strip() == outcome.table
     assert (tmp_path / "toy" / "plots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -64,6 +70,66 @@ def test_rerun_skips_finished_runs_unless_overwrite(tmp_path, toy_config):
     assert any("already done" in m for m in messages)
     run(toy_config, tmp_path, overwrite=True, **_quiet())
     assert read_result(path).provenance.started_at > stamp
+
+
+def test_a_result_of_a_different_configuration_stops_the_run_before_training(tmp_path, toy_config):
+    run(toy_config, tmp_path, **_quiet())
+    path = tmp_path / "toy" / "infonce" / "seed-0.json"
+    stamp = read_result(path).provenance.started_at
+    for change in ({"methods.infonce.loss.temperature": 0.5}, {"dataset.size": 32},
+                   {"evaluators.0.ks": [1, 2]}):
+        key, value = next(iter(change.items()))
+        with pytest.raises(HarnessError) as info:
+            run(toy_config, tmp_path, overrides=[f"{key}={json.dumps(value)}"], **_quiet())
+        assert str(path) in str(info.value) and "--overwrite" in str(info.value)
+        assert read_result(path).provenance.started_at == stamp  # nothing replaced, nothing trained
+    assert "temperature" in str(pytest.raises(HarnessError, run, toy_config, tmp_path,
+                                              overrides=["methods.infonce.loss.temperature=0.5"],
+                                              **_quiet()).value)
+    # settings that only change how a run executes still count as the same run
+    messages = []
+    run(toy_config, tmp_path, overrides=["defaults.train.threads=1", "defaults.train.eval_batch_size=7"],
+        echo=messages.append, **_quiet())
+    assert any("already done" in m for m in messages)
+    run(toy_config, tmp_path, overrides=["methods.infonce.loss.temperature=0.5"], overwrite=True, **_quiet())
+    assert read_result(path).config["loss"]["temperature"] == 0.5
+
+
+def test_results_folder_that_cannot_be_created_fails_before_training(tmp_path, toy_config):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(HarnessError, match="cannot create the results folder"):
+        run(toy_config, blocker, **_quiet())
+
+
+def test_eval_splits_score_val_with_a_prefix_and_test_under_plain_names(tmp_path, toy_config):
+    toy_config["eval_splits"] = ["val", "test"]
+    toy_config["report"]["metrics"] = ["val/retrieval/rsum", "retrieval/rsum"]
+    result = run(toy_config, tmp_path, **_quiet()).results[0]
+    assert result.status == "ok", result.error
+    assert {"val/retrieval/rsum", "retrieval/rsum", "val/retrieval/t2i_R@1"} <= set(result.metrics)
+    assert result.higher_is_better["val/retrieval/t2i_medr"] is False
+    # the toy dataset's val and test splits differ, so the numbers are computed on each
+    assert result.metrics["val/retrieval/t2i_meanr"] != result.metrics["retrieval/t2i_meanr"]
+
+
+def test_lbfgs_trains_on_the_whole_split_with_fixed_captions_per_step(tmp_path, toy_config):
+    toy_config["methods"] = [{"name": "lbfgs", "loss": {"name": "recorder"},
+                              "train": {"optimizer": "lbfgs", "epochs": 3, "lbfgs_max_iter": 4}}]
+    toy.EVENTS.clear()
+    result = run(toy_config, tmp_path, **_quiet()).results[0]
+    assert result.status == "ok", result.error
+    steps, current = [], []  # one step per epoch: the loss calls between two epoch ends
+    for event in toy.EVENTS:
+        if event[0] == "loss_call":
+            current.append(event[1:])
+        elif event[0] == "epoch_end":
+            steps.append(current)
+            current = []
+    assert len(steps) == 3 and all(len(calls) > 1 for calls in steps)  # the closure ran repeatedly
+    assert {size for calls in steps for _, size, _ in calls} == {64}  # the whole toy train split
+    assert all(len({captions for _, _, captions in calls}) == 1 for calls in steps)  # fixed per step
+    assert len({calls[0][2] for calls in steps}) > 1  # but drawn afresh each step (2 captions/image)
 
 
 def test_failed_and_diverged_runs_are_recorded_and_retried(tmp_path, toy_config):
@@ -111,14 +177,18 @@ def test_training_options_run(tmp_path, toy_config, train):
     assert all(np.isfinite(h["loss"]) for h in result.history)
 
 
+def _loss_calls() -> list[tuple]:
+    return [event[1:] for event in toy.EVENTS if event[0] == "loss_call"]
+
+
 def test_threads_option_sets_torch_threads_for_that_run_only(tmp_path, toy_config):
     before = torch.get_num_threads()
     wanted = before + 1  # differs from the default on any machine
-    toy_config["methods"] = [{"name": "threads", "loss": {"name": "thread-recorder"},
+    toy_config["methods"] = [{"name": "threads", "loss": {"name": "recorder"},
                               "train": {"threads": wanted}}]
-    toy.ThreadRecordingLoss.seen.clear()
+    toy.EVENTS.clear()
     assert run(toy_config, tmp_path, **_quiet()).results[0].status == "ok"
-    assert set(toy.ThreadRecordingLoss.seen) == {wanted}
+    assert {threads for threads, _, _ in _loss_calls()} == {wanted}
     assert torch.get_num_threads() == before  # restored for the next run
 
 
