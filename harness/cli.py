@@ -84,33 +84,22 @@ def _report_load_errors(registry) -> None:
         print(f"warning: plugin {err.name!r} failed to load: {err.error}", file=sys.stderr)
 
 
-def _make_out_dir(out: str) -> list[Path]:
-    """Create ``--out`` before any training, so an unusable path fails now, not after the last run.
-    Returns the folders it created, deepest first."""
+def _check_out_dir(out: str) -> None:
+    """Fail now, not after the last run, when ``--out`` cannot be a folder (it, or an ancestor, is a
+    file). Nothing is created here: the runner makes the folder once the benchmark is valid."""
     path = Path(out)
-    created = [p for p in (path, *path.parents) if not p.exists()]
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        reason = "exists and is not a folder" if path.exists() else exc.strerror or str(exc)
-        raise HarnessError(f"--out {out}: cannot use as results folder: {reason}") from None
-    return created
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        reason = "exists and is not a folder" if blocker == path else f"{blocker} is not a folder"
+        raise HarnessError(f"--out {out}: cannot use as results folder: {reason}")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from harness.runner import run
-        created = _make_out_dir(args.out)
-        try:
-            outcome = run(args.file, args.out, overrides=args.overrides, plugins=args.plugin,
-                          overwrite=args.overwrite, progress=not args.no_progress)
-        except BaseException:
-            for folder in created:  # a rejected benchmark leaves no empty folders behind
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty: a run wrote there, keep it
-                    break
-            raise
+        _check_out_dir(args.out)
+        outcome = run(args.file, args.out, overrides=args.overrides, plugins=args.plugin,
+                      overwrite=args.overwrite, progress=not args.no_progress)
         print(outcome.table)
         print(f"\nresults: {outcome.directory}", file=sys.stderr)
         return 0 if outcome.ok else 1

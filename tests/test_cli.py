@@ -4,6 +4,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 import harness.runner
 from harness.cli import main
@@ -134,8 +135,10 @@ def test_run_with_unusable_out_exits_2_before_training(tmp_path, fake_run, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
-def test_run_default_out_is_runs_not_the_committed_results(tmp_path, monkeypatch, fake_run, capsys):
+def test_run_default_out_is_runs_not_the_committed_results(tmp_path, monkeypatch, toy_config, capsys):
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(toy_config))
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "toy.yaml"]) == 0
-    assert fake_run == ["runs"] and (tmp_path / "runs").is_dir() and not (tmp_path / "results").exists()
+    assert main(["run", "toy.yaml", "--no-progress"]) == 0
+    assert (tmp_path / "runs" / "toy" / "infonce" / "seed-0.json").is_file()
+    assert not (tmp_path / "results").exists()
     assert "default: runs" in _harness("run", "--help").stdout
