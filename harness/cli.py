@@ -74,9 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _registry(args: argparse.Namespace):
-    from harness.registry import default_registry, load_plugins
-    registry = load_plugins(args.plugin) if args.plugin else default_registry()
-    return registry
+    from harness.validation import load_cli_plugins
+    return load_cli_plugins(args.plugin)
 
 
 def _report_load_errors(registry) -> None:
@@ -105,7 +104,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0 if outcome.ok else 1
 
     if args.command == "validate":
-        from harness.runner import plan, prepare
+        from harness.jobs import plan
+        from harness.validation import prepare
         spec, registry, _ = prepare(args.file, overrides=args.overrides, plugins=args.plugin)
         _report_load_errors(registry)
         jobs = plan(spec)

@@ -6,6 +6,7 @@ plugin may subclass these or simply duck-type them.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -93,16 +94,31 @@ class Evaluator:
     """Scores a trained model: ``evaluate(context) -> {metric: float}``.
 
     Subclasses list metrics whose *lower* values are better in ``lower_is_better``; every other metric
-    counts as higher-is-better when tables mark the best value.
+    counts as higher-is-better when tables mark the best value. ``metric_names()`` declares what
+    ``evaluate`` can return for the evaluator's parameters (names, or ``fnmatch`` patterns such as
+    ``"R@*"``), so a typo in ``report.metrics`` is caught before anything trains; ``None`` (the
+    default) means undeclared. ``units`` maps metric names or patterns to a unit (``{"*R@*": "%"}``);
+    ``chance(context)`` gives metrics' values for a random model where the evaluator knows them.
     """
 
     lower_is_better: frozenset[str] = frozenset()
+    units: dict[str, str] = {}
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         raise NotImplementedError
 
     def higher_is_better(self, metric: str) -> bool:
         return metric not in self.lower_is_better
+
+    def metric_names(self) -> list[str] | None:
+        return None
+
+    def unit(self, metric: str) -> str | None:
+        return next((unit for pattern, unit in self.units.items() if fnmatch.fnmatchcase(metric, pattern)),
+                    None)
+
+    def chance(self, context: EvalContext) -> dict[str, float]:
+        return {}
 
 
 @runtime_checkable

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat,
+                      PositiveInt,
                       ValidationError, field_validator, model_validator)
 
 from harness.errors import ConfigError
@@ -48,6 +49,8 @@ class TrainSpec(BaseModel):
     precision: Literal["fp32", "bf16"] = "fp32"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     eval_batch_size: PositiveInt = 512
+    # with eval_splits [val, …]: score the val split every N epochs into the history (val curves)
+    val_every: NonNegativeInt = 0
     checkpoint: bool = False  # save weights + loss/sampler state beside the result (seed-<n>.pt)
     # CPU threads torch uses for this run (None: torch's default, one per core); 1 when several
     # benchmarks share a machine, whose default thread pools otherwise oversubscribe the cores
@@ -106,6 +109,8 @@ class BenchmarkSpec(BaseModel):
     # splits the evaluators score: test metrics keep their names ("retrieval/rsum"), the others get
     # the split as a prefix ("val/retrieval/rsum") so settings can be chosen on val, reported on test
     eval_splits: list[Literal["val", "test"]] = Field(default_factory=lambda: ["test"], min_length=1)
+    # variant name -> {"base": name as written, "values": {swept key path: value}}; filled by resolve
+    sweeps: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
 
     @field_validator("seeds")
     @classmethod
@@ -222,6 +227,9 @@ def merge_defaults(defaults: Mapping[str, Any], method: Mapping[str, Any]) -> di
     return merged
 
 
+SWEEP_KEY = "__sweep__"  # carries a variant's grid point from expand_sweep to BenchmarkSpec.sweeps
+
+
 def expand_sweep(method: dict[str, Any], file: str | None = None, where: str = "") -> list[dict]:
     """``sweep: {loss.temperature: [0.05, 0.1]}`` → one variant per grid point, named
     ``<name>@temperature=0.05`` (the last path step labels a value unless two keys share it)."""
@@ -253,6 +261,7 @@ def expand_sweep(method: dict[str, Any], file: str | None = None, where: str = "
             node[steps[-1]] = value
         suffix = ",".join(f"{label}={_short(v)}" for label, v in zip(labels, combo))
         variant["name"] = f"{method.get('name', 'method')}@{suffix}"
+        variant[SWEEP_KEY] = {"base": method.get("name", "method"), "values": dict(zip(keys, combo))}
         variants.append(variant)
     return variants
 
@@ -277,10 +286,14 @@ def resolve(data: Mapping[str, Any], file: str | None = None) -> BenchmarkSpec:
             label = f"methods[{method.get('name', i)}]"
             expanded.extend(expand_sweep(merge_defaults(defaults, method), file, label))
         data["methods"] = expanded
+    sweeps = {m["name"]: m.pop(SWEEP_KEY) for m in data.get("methods") or []
+              if isinstance(m, dict) and SWEEP_KEY in m}
     try:
-        return BenchmarkSpec.model_validate(data)
+        spec = BenchmarkSpec.model_validate(data)
     except ValidationError as exc:
         raise _config_error(exc, data, file) from None
+    spec.sweeps = sweeps
+    return spec
 
 
 def _config_error(exc: ValidationError, data: Mapping[str, Any], file: str | None) -> ConfigError:

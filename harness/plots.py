@@ -32,13 +32,13 @@ def plot_results(results: Sequence[RunResult], path: str | Path,
         if histories:
             length = min(map(len, histories))
             curves.plot(np.arange(1, length + 1), np.mean([h[:length] for h in histories], axis=0),
-                        marker="o", markersize=3, label=row.method)
+                        marker="o", markersize=3, label=row.label)
     curves.set(title="training loss (mean over seeds)", xlabel="epoch")
     if curves.lines:
         curves.legend(fontsize=7)
     for ax, metric in zip(axes[0][1:], metrics):
         stats = [row.mean_std(metric) for row in rows]
-        kept = [(row.method, s) for row, s in zip(rows, stats) if s is not None]
+        kept = [(row.label, s) for row, s in zip(rows, stats) if s is not None]
         if kept:
             ax.barh([m for m, _ in kept], [s[0] for _, s in kept], xerr=[s[1] for _, s in kept])
             ax.invert_yaxis()

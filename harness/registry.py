@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata as metadata
 import inspect
@@ -10,10 +11,13 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from pathlib import Path
+
 import pluggy
 
 from harness import hookspecs
 from harness.errors import HarnessError, UnknownComponentError, did_you_mean
+from harness.results import Provider
 
 ENTRY_POINT_GROUP = "harness"
 
@@ -92,7 +96,28 @@ class PluginInfo:
     name: str
     version: str | None
     hooks: list[str]
-    source: str  # "entry point" or "--plugin"
+    source: str  # "entry point", "--plugin" or "object"
+    distribution: str | None = None  # the installed distribution (entry points)
+    module: str | None = None
+    sha256: str | None = None  # content hash of the module's source (--plugin and objects)
+
+
+def source_hash(module: object) -> str | None:
+    """SHA-256 of a module's source: its file, or every ``.py`` file of a package, by relative path."""
+    file = getattr(module, "__file__", None)
+    if not file:
+        return None
+    path = Path(file)
+    files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(path.parent)).encode() + b"\0")
+        try:
+            digest.update(f.read_bytes())
+        except OSError:
+            return None
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 @dataclass
@@ -104,6 +129,14 @@ class PluginLoadError:
 
 class DuplicateComponentError(HarnessError):
     pass
+
+
+class PluginImportError(HarnessError):
+    """A plugin module the user named (``-p``, ``plugins:``) cannot be imported or registered."""
+
+    def __init__(self, module: str, error: str):
+        self.module, self.error = module, error
+        super().__init__(f"plugin module {module!r} could not be loaded: {error}")
 
 
 class Registry:
@@ -131,35 +164,43 @@ class Registry:
                 self.load_errors.append(PluginLoadError(ep.name, f"{type(exc).__name__}: {exc}",
                                                         traceback.format_exc()))
                 continue
-            version = ep.dist.version if ep.dist is not None else None
-            self._register(plugin, ep.name, version, "entry point")
+            dist = ep.dist
+            self._register(plugin, ep.name, PluginInfo(
+                ep.name, dist.version if dist else None, [], "entry point",
+                distribution=dist.metadata["Name"] if dist else None, module=ep.module))
 
     def add_module(self, module: str) -> None:
-        """Load a plugin by import path (``harness --plugin MODULE``); errors are recorded."""
+        """Load a plugin by import path (``harness --plugin MODULE``, a benchmark's ``plugins:``).
+
+        The user asked for it by name, so a failure raises :class:`PluginImportError`."""
         if self.pm.has_plugin(module):
             return
         try:
             plugin = importlib.import_module(module)
         except Exception as exc:
-            self.load_errors.append(PluginLoadError(module, f"{type(exc).__name__}: {exc}",
-                                                    traceback.format_exc()))
-            return
-        self._register(plugin, module, getattr(plugin, "__version__", None), "--plugin")
+            raise PluginImportError(module, f"{type(exc).__name__}: {exc}") from None
+        if not self._register(plugin, module, PluginInfo(
+                module, getattr(plugin, "__version__", None), [], "--plugin", module=module,
+                sha256=source_hash(plugin))):
+            raise PluginImportError(module, self.load_errors.pop().error)
 
     def add_plugin(self, plugin: object, name: str) -> None:
         """Register an already-imported plugin object (tests, notebooks)."""
-        self._register(plugin, name, getattr(plugin, "__version__", None), "object")
+        self._register(plugin, name, PluginInfo(
+            name, getattr(plugin, "__version__", None), [], "object",
+            module=getattr(plugin, "__name__", None), sha256=source_hash(plugin)))
 
-    def _register(self, plugin: object, name: str, version: str | None, source: str) -> None:
+    def _register(self, plugin: object, name: str, info: PluginInfo) -> bool:
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # e.g. a hookimpl whose name or arguments match no spec
             self.load_errors.append(PluginLoadError(name, f"{type(exc).__name__}: {exc}",
                                                     traceback.format_exc()))
-            return
-        hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
-        self.plugins[name] = PluginInfo(name, version, hooks, source)
+            return False
+        info.hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+        self.plugins[name] = info
         self._components = None
+        return True
 
     # -- components ---------------------------------------------------------------------------------
     @property
@@ -203,6 +244,18 @@ class Registry:
                 f"unknown {kind} {name!r}{did_you_mean(name, names)}; available: {valid}", field="name")
         return names[name]
 
+    def provider(self, kind: str, name: str) -> Provider:
+        """The plugin behind a component, as recorded in result files."""
+        component = self.get(kind, name)
+        info = self.plugins.get(component.plugin)
+        if info is None:  # registered by a plugin object pluggy knows but we did not load
+            return Provider(kind=kind, name=name, plugin=component.plugin)
+        if info.distribution is not None:  # an installed distribution: its version names the code
+            return Provider(kind=kind, name=name, plugin=info.name, distribution=info.distribution,
+                            version=info.version)
+        return Provider(kind=kind, name=name, plugin=info.name, module=info.module, sha256=info.sha256,
+                        version=info.version)
+
     def create(self, kind: str, name: str, /, **params: Any) -> Any:
         return self.get(kind, name).build(params)
 
@@ -234,9 +287,9 @@ def load_plugins(modules: Iterable[str]) -> Registry:
     """Add plugin modules (by import path) to the default registry, like ``--plugin``."""
     registry = default_registry()
     for module in modules:
+        registry.add_module(module)  # raises PluginImportError before the module is remembered
         if module not in _extra_modules:
             _extra_modules.append(module)
-        registry.add_module(module)
     return registry
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 import harness
+from harness.config import MethodSpec
 
 SCHEMA_VERSION = 1
 Status = Literal["ok", "failed", "diverged"]
@@ -42,6 +43,31 @@ class DatasetRecord(BaseModel):
     fingerprint: str
 
 
+class Provider(BaseModel):
+    """Where a component came from: its plugin and that plugin's distribution + version (entry points),
+    or its module + a content hash of its source (modules loaded with ``-p`` or ``plugins:``)."""
+
+    kind: str
+    name: str
+    plugin: str
+    distribution: str | None = None
+    version: str | None = None
+    module: str | None = None
+    sha256: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for two results to come from the same code."""
+        return self.model_dump(exclude={"kind", "name"}, exclude_none=True)
+
+
+class SweepPoint(BaseModel):
+    """The grid point a swept variant stands for: ``base`` is the method name as written, ``values``
+    the swept key paths and their values (``{"loss.temperature": 0.05}``)."""
+
+    base: str
+    values: dict[str, Any]
+
+
 class RunResult(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     benchmark: str
@@ -59,9 +85,64 @@ class RunResult(BaseModel):
     # the rest of the job: with config and dataset, enough to run it again (None in older files)
     evaluators: list[dict[str, Any]] | None = None
     eval_splits: list[str] = ["test"]
-    plugins: list[str] = []
+    plugins: list[str] = []  # plugin modules the benchmark loads (its ``plugins:`` key)
+    # the plugin that provided each component the run used (None in older files)
+    providers: list[Provider] | None = None
+    sweep: SweepPoint | None = None  # set for a variant expanded from a ``sweep``
+    units: dict[str, str] = {}  # metric -> unit ("%"), as the evaluator declares it
+    chance: dict[str, float] = {}  # metric -> its value for a random model, where the evaluator knows it
     history: list[dict[str, Any]] = []
     provenance: Provenance
+
+    def configuration(self) -> dict[str, Any]:
+        """Everything that decides what this run computes, but the seed: two results with equal
+        configurations are seeds of one experiment and may be averaged; any difference may not."""
+        return configuration(self.config, self.dataset, self.evaluators, self.eval_splits,
+                             self.providers)
+
+
+#: train settings that change how a run executes, not what it computes
+EXECUTION_ONLY = frozenset({"threads", "checkpoint", "eval_batch_size"})
+
+
+def comparable_method(method: dict[str, Any]) -> dict[str, Any]:
+    """A method config with defaults filled in (older files may lack newer fields) and the
+    execution-only train settings dropped."""
+    data = to_jsonable(MethodSpec.model_validate(dict(method)).model_dump(exclude_none=True))
+    data["train"] = {k: v for k, v in data.get("train", {}).items() if k not in EXECUTION_ONLY}
+    return data
+
+
+def configuration(method: dict[str, Any], dataset: DatasetRecord | None,
+                  evaluators: list[dict[str, Any]] | None, eval_splits: list[str],
+                  providers: list[Provider] | None) -> dict[str, Any]:
+    """The comparable description of a run (of a result file or of a planned job). Parts an older file
+    did not record are left out, and so are not compared."""
+    try:
+        method_part = comparable_method(method)
+    except Exception:  # written by an incompatible version: compare it as written
+        method_part = to_jsonable(method)
+    method_part.pop("name", None)
+    data_part = None if dataset is None else {
+        "name": dataset.name, **dataset.params, "fingerprint": dataset.fingerprint}
+    out: dict[str, Any] = {"method": method_part, "dataset": to_jsonable(data_part)}
+    if evaluators is not None:
+        out["evaluators"] = {e["name"]: e for e in to_jsonable(evaluators)}
+        out["eval_splits"] = list(eval_splits)
+    if providers is not None:
+        out["providers"] = {f"{p.kind} {p.name}": p.identity() for p in providers}
+    return out
+
+
+def first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first (in key order) field where two configurations differ: ``(dotted.path, old, new)``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            found = first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    return None if old == new else (path or "value", old, new)
 
 
 def result_path(out_dir: str | Path, benchmark: str, method: str, seed: int) -> Path:

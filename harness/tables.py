@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import math
 import statistics
 from collections import Counter
@@ -13,21 +14,26 @@ from typing import Iterable, Literal, Sequence
 from tabulate import tabulate
 
 from harness.errors import HarnessError, did_you_mean
-from harness.results import RunResult
+from harness.results import RunResult, first_difference
 
 Format = Literal["github", "latex", "html", "csv"]
 FORMATS: tuple[str, ...] = ("github", "latex", "html", "csv")
 
 
 class MethodRow:
-    """All runs of one method of one benchmark: their statuses and per-metric values over ``ok`` seeds."""
+    """All runs of one configuration of one method of one benchmark: their statuses and per-metric
+    values over ``ok`` seeds. ``label`` is the method name, followed by the first field where its
+    configuration differs from another configuration of the same name (``infonce [train.epochs=5]``)."""
 
-    def __init__(self, method: str, runs: list[RunResult]):
+    def __init__(self, method: str, runs: list[RunResult], label: str | None = None):
         self.method = method
+        self.label = label or method
         self.benchmark = runs[0].benchmark
         self.runs = sorted(runs, key=lambda r: r.seed)
         self.ok = [r for r in self.runs if r.status == "ok"]
         self.order = min(r.method_index for r in runs)
+        self.configuration = runs[0].configuration()
+        self.sweep = runs[0].sweep
 
     def values(self, metric: str) -> list[float]:
         return [float(r.metrics[metric]) for r in self.ok
@@ -46,13 +52,40 @@ class MethodRow:
         return ", ".join(f"{counts[s]} {s}" for s in ("ok", "diverged", "failed") if counts[s])
 
 
+def _key(configuration: dict) -> str:
+    return json.dumps(configuration, sort_keys=True, default=str)
+
+
 def group_runs(results: Iterable[RunResult]) -> list[MethodRow]:
+    """One row per (benchmark, method, configuration): runs are averaged only when everything but the
+    seed is the same (:meth:`RunResult.configuration`). A method name with several configurations
+    gives several rows, each labelled by the first field where it differs from the others."""
     # keyed by benchmark too: two benchmarks' "infonce" runs are different experiments, never one row
-    by_method: dict[tuple[str, str], list[RunResult]] = {}
+    by_config: dict[tuple[str, str], dict[str, list[RunResult]]] = {}
     for r in results:
-        by_method.setdefault((r.benchmark, r.method), []).append(r)
-    return sorted((MethodRow(m, runs) for (_, m), runs in by_method.items()),
-                  key=lambda row: (row.benchmark, row.order, row.method))
+        by_config.setdefault((r.benchmark, r.method), {}).setdefault(_key(r.configuration()), []).append(r)
+    rows = []
+    for (_, method), groups in by_config.items():
+        if len(groups) == 1:
+            rows.append(MethodRow(method, next(iter(groups.values()))))
+            continue
+        configs = [runs[0].configuration() for runs in groups.values()]
+        labels = [f"{method} [{_distinguishing(config, configs)}]" for config in configs]
+        for i, (runs, label) in enumerate(zip(groups.values(), labels)):
+            unique = label if labels.count(label) == 1 else f"{label} #{i + 1}"
+            rows.append(MethodRow(method, runs, unique))
+    return sorted(rows, key=lambda row: (row.benchmark, row.order, row.label))
+
+
+def _distinguishing(config: dict, others: list[dict]) -> str:
+    """``field=value`` for the first field in which ``config`` differs from another configuration."""
+    for other in others:
+        found = first_difference(config, other) if other is not config else None
+        if found:
+            path, value, _ = found
+            text = str(value)
+            return f"{path.removeprefix('method.')}={text if len(text) <= 16 else text[:12] + '…'}"
+    return "?"
 
 
 def by_benchmark(results: Iterable[RunResult]) -> dict[str, list[RunResult]]:
@@ -150,7 +183,7 @@ def _table(results: Sequence[RunResult], metrics: Sequence[str] | None, fmt: str
         f"{esc(m)} {arrows[higher.get(m, True)]}" for m in metrics]
     body = []
     for row in rows:
-        cells = [esc(row.method), str(len(row.ok)), esc(row.status())]
+        cells = [esc(row.label), str(len(row.ok)), esc(row.status())]
         for m in metrics:
             stats = row.mean_std(m)
             if stats is None:
@@ -189,7 +222,7 @@ def _csv(rows: list[MethodRow], metrics: list[str], best: dict[str, float | None
             if stats is not None and stats[0] == best[m]:
                 best_on.append(m)
         lead = [row.benchmark] if benchmark_column else []
-        writer.writerow([*lead, row.method, len(row.ok), row.status(), *values, ";".join(best_on)])
+        writer.writerow([*lead, row.label, len(row.ok), row.status(), *values, ";".join(best_on)])
     return buffer.getvalue()
 
 

@@ -3,7 +3,7 @@ import pytest
 from harness.config import apply_overrides, expand_sweep, load_benchmark, merge_defaults
 from harness.errors import ConfigError
 from harness.registry import load_plugins
-from harness.runner import validate_components
+from harness.validation import validate_components
 
 
 def _write(tmp_path, text, name="bench.yaml"):

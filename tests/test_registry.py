@@ -6,7 +6,7 @@ import torch
 
 import harness
 from harness.errors import UnknownComponentError
-from harness.registry import DuplicateComponentError, Registry, load_plugins
+from harness.registry import DuplicateComponentError, PluginImportError, Registry, load_plugins
 
 from conftest import TESTS, cli_env, harness_cmd
 
@@ -87,10 +87,11 @@ def test_duplicate_names_across_plugins_name_both_plugins():
     assert "first-plugin" in str(info.value) and "second-plugin" in str(info.value)
 
 
-def test_plugin_that_fails_to_import_is_reported_and_others_load():
-    registry = load_plugins(["no_such_plugin_module", "harness_test_plugin"])
-    errors = {e.name: e.error for e in registry.load_errors}
-    assert "ModuleNotFoundError" in errors["no_such_plugin_module"]
+def test_a_named_plugin_module_that_fails_to_import_is_an_error():
+    """The user asked for the module by name: an import failure raises, it is not a mere warning."""
+    with pytest.raises(PluginImportError, match="no_such_plugin_module.*ModuleNotFoundError"):
+        load_plugins(["harness_test_plugin", "no_such_plugin_module"])
+    registry = load_plugins([])  # the failed module is not remembered; the good one still loads
     assert "toy" in registry.available("dataset")["dataset"]
     assert "infonce" in registry.available("loss")["loss"]
 

@@ -13,7 +13,8 @@ import harness
 from harness.config import TrainSpec
 from harness.errors import HarnessError
 from harness.results import read_result
-from harness.runner import lr_factor, run
+from harness.runner import run
+from harness.training import lr_factor
 
 import harness_test_plugin as toy
 from conftest import cli_env, harness_cmd
@@ -239,7 +240,7 @@ def test_kill_9_leaves_no_partial_file_and_rerun_finishes_only_the_rest(tmp_path
 
 
 def test_checkpoint_holds_weights_and_sampler_state_and_loads_without_pickle(tmp_path, toy_config):
-    from harness.runner import load_checkpoint
+    from harness.training import load_checkpoint
     toy_config["defaults"]["train"]["checkpoint"] = True
     toy_config["methods"] = [{"name": "moco", "loss": {"name": "infonce", "learnable_temperature": True},
                               "sampler": {"name": "moco", "size": 32, "momentum": 0.9}}]
@@ -253,7 +254,7 @@ def test_checkpoint_holds_weights_and_sampler_state_and_loads_without_pickle(tmp
 
 
 def test_learnable_temperature_gets_no_weight_decay():
-    from harness.runner import make_optimizer
+    from harness.training import make_optimizer
     weight, scale = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(()))
     optimizer = make_optimizer([weight], [scale], TrainSpec(weight_decay=0.5))
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.5, 0.0]

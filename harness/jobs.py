@@ -1,0 +1,145 @@
+"""Jobs: a benchmark becomes independent (method, seed) jobs, each fully described by a serializable
+:class:`Job`; plus what every job needs before it trains (the dataset cache, seeding, the device,
+building components) and the check that a stored result belongs to a job.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from harness.config import BenchmarkSpec, ComponentSpec, MethodSpec
+from harness.data import Dataset
+from harness.errors import HarnessError
+from harness.registry import Registry
+from harness.results import DatasetRecord, Provider, RunResult, SweepPoint, configuration, first_difference
+
+
+class Job(BaseModel):
+    """One (method, seed) run, serializable so it can be shipped to another process or machine."""
+
+    benchmark: str
+    method: dict[str, Any]
+    method_index: int
+    seed: int
+    dataset: dict[str, Any]
+    evaluators: list[dict[str, Any]]
+    report_metrics: list[str] = []
+    plugins: list[str] = []
+    eval_splits: list[str] = ["test"]
+    providers: list[Provider] | None = None  # the plugin behind each component (see Registry.provider)
+    sweep: SweepPoint | None = None
+
+    @property
+    def name(self) -> str:
+        return self.method["name"]
+
+    @property
+    def spec(self) -> MethodSpec:
+        return MethodSpec.model_validate(self.method)
+
+    def configuration(self, dataset: DatasetRecord) -> dict[str, Any]:
+        """As :meth:`RunResult.configuration` of the result this job will write."""
+        return configuration(self.method, dataset, self.evaluators, self.eval_splits, self.providers)
+
+
+class Diverged(Exception):
+    """The training loss became non-finite."""
+
+
+
+def plan(spec: BenchmarkSpec, registry: Registry | None = None) -> list[Job]:
+    """One job per method × seed, in file order. With ``registry``, each job records the plugin behind
+    every component it uses (so a changed plugin makes its stored results stale)."""
+    dataset = spec.dataset.model_dump()
+    evaluators = [e.model_dump() for e in spec.evaluators]
+    jobs = []
+    for i, m in enumerate(spec.methods):
+        providers = None if registry is None else [
+            registry.provider(kind, comp.name) for kind, comp in components_of(spec, m)]
+        sweep = spec.sweeps.get(m.name)
+        for seed in spec.seeds:
+            jobs.append(Job(benchmark=spec.name, method=m.model_dump(exclude_none=True), method_index=i,
+                            seed=seed, dataset=dataset, evaluators=evaluators,
+                            report_metrics=spec.report.metrics, plugins=spec.plugins,
+                            eval_splits=spec.eval_splits, providers=providers,
+                            sweep=SweepPoint(**sweep) if sweep else None))
+    return jobs
+
+
+def components_of(spec: BenchmarkSpec, method: MethodSpec) -> list[tuple[str, ComponentSpec]]:
+    """Every component one method's run uses: ``(kind, spec)`` pairs."""
+    parts = [("dataset", spec.dataset), ("encoder", method.encoders.image),
+             ("encoder", method.encoders.text)]
+    parts += [(kind, comp) for kind, comp in (("loss", method.loss), ("sampler", method.sampler),
+                                               ("estimator", method.estimator)) if comp is not None]
+    parts += [("evaluator", comp) for comp in spec.evaluators]
+    return parts
+
+
+def dataset_record(dataset: Mapping[str, Any], fingerprint: str) -> DatasetRecord:
+    return DatasetRecord(name=dataset["name"], fingerprint=fingerprint,
+                         params={k: v for k, v in dataset.items() if k != "name"})
+
+
+
+# --- datasets (cached per process: every method and seed sees the same data) ------------------------
+
+_datasets: dict[str, tuple[Dataset, str]] = {}
+
+
+def get_dataset(spec: Mapping[str, Any], registry: Registry) -> tuple[Dataset, str]:
+    key = json.dumps(spec, sort_keys=True, default=str)
+    if key not in _datasets:
+        params = {k: v for k, v in spec.items() if k != "name"}
+        dataset = registry.create("dataset", spec["name"], **params)
+        _datasets[key] = (dataset, dataset.fingerprint())
+    return _datasets[key]
+
+
+# --- one job ----------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HarnessError(f"train.device is {name!r} but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+
+def _build(registry: Registry, kind: str, comp: ComponentSpec, context: dict[str, Any]) -> Any:
+    return registry.get(kind, comp.name).build(comp.params, context)
+
+
+
+def stale_reason(previous: RunResult, job: Job, dataset: DatasetRecord) -> str | None:
+    """Why an existing result does not belong to ``job`` run on ``dataset`` (a different configuration:
+    method, dataset parameters or content, evaluators, eval splits, or the code of a plugin that provided
+    a component), or None."""
+    if previous.status == "ok" and previous.dataset is None:
+        return "it records no dataset"
+    old, new = previous.configuration(), job.configuration(dataset)
+    new = {part: value for part, value in new.items() if part in old}  # parts older files lack
+    found = first_difference(old, new)
+    if found is None:
+        return None
+    path, before, now = found
+    return f"{path}: {before!r} in the file, {now!r} now"

@@ -1,0 +1,233 @@
+"""Gradient training of one job: batches, the optimizer and schedule, samplers, checkpoints, the dry run."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from harness.components import Sampler
+from harness.config import TrainSpec
+from harness.data import Dataset, Split
+from harness.errors import HarnessError
+from harness.jobs import Diverged, Job, _build
+from harness.model import DualEncoder, take, to_device
+from harness.registry import Registry
+
+
+# --- gradient training ------------------------------------------------------------------------------
+
+#: extras that only a sampler supplies (never taken from the dataset)
+SAMPLER_EXTRAS = frozenset({"negatives"})
+
+
+def _loss_extras(loss: torch.nn.Module) -> list[str]:
+    """Keyword extras the loss's ``forward`` names beyond the two embeddings."""
+    params = list(inspect.signature(loss.forward).parameters.values())[2:]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in SAMPLER_EXTRAS]
+
+
+def make_optimizer(model_params: list[torch.nn.Parameter], loss_params: list[torch.nn.Parameter],
+                   train: TrainSpec) -> torch.optim.Optimizer:
+    """The configured optimizer; a loss's own parameters (e.g. a learnable temperature) get no weight
+    decay, which would otherwise pull them towards 0."""
+    if train.optimizer == "lbfgs":  # full batch, no weight decay term
+        return torch.optim.LBFGS([*model_params, *loss_params], lr=train.lr,
+                                 max_iter=train.lbfgs_max_iter, line_search_fn="strong_wolfe")
+    groups = [{"params": model_params, "weight_decay": train.weight_decay}]
+    if loss_params:
+        groups.append({"params": loss_params, "weight_decay": 0.0})
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=train.lr)
+    if train.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=train.lr)
+    return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
+
+
+def lr_factor(step: int, steps_per_epoch: int, train: TrainSpec) -> float:
+    """Linear warm-up, then cosine decay to 0, step decay, or constant."""
+    total = max(1, train.epochs * steps_per_epoch)
+    warmup = int(train.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if train.schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if train.schedule == "step":
+        return train.gamma ** ((step // steps_per_epoch) // train.step_size)
+    return 1.0
+
+
+def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np.ndarray,
+               extras_wanted: list[str], class_names: list[str], device: torch.device
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The prepared inputs of images ``index`` paired with texts ``captions``, and the loss's extras."""
+    batch = {"images": to_device(model.image_encoder.prepare(take(split.images, index)), device),
+             "texts": to_device(model.text_encoder.prepare(split.take_texts(captions)), device)}
+    extras = {}
+    for name in extras_wanted:
+        if name in ("images", "texts"):  # the prepared inputs, e.g. for reconstruction losses
+            extras[name] = batch[name]
+        elif name == "label_emb":
+            labels_in = model.text_encoder.prepare(class_names)
+            extras[name] = model.text_encoder(to_device(labels_in, device))
+        elif name in split.extras:
+            extras[name] = torch.as_tensor(np.asarray(split.extras[name])[index]).to(device)
+    return batch, extras
+
+
+def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset, registry: Registry,
+                   context: dict[str, Any], device: torch.device, *, progress: bool = True,
+                   notify: Callable[..., None] | None = None,
+                   epoch_metrics: Callable[[int], dict[str, Any]] | None = None,
+                   checkpoint_path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Train ``model`` with the job's loss (and sampler) and return the per-epoch history; after each
+    epoch, ``epoch_metrics(epoch)`` (validation scores, say) is added to that epoch's entry."""
+    spec = job.spec
+    train = spec.train
+    loss_fn = _build(registry, "loss", spec.loss, context).to(device)
+    sampler = _build(registry, "sampler", spec.sampler, context) if spec.sampler else Sampler()
+    sampler.check_loss(loss_fn)
+    sampler.setup(model, loss_fn)
+    extras_wanted = _loss_extras(loss_fn)
+    class_names = list(dataset.info.class_names)
+    model_params = [p for p in model.parameters() if p.requires_grad]
+    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
+    params = model_params + loss_params
+    if not params:
+        raise HarnessError("nothing to train: the encoders and the loss have no trainable parameters")
+    optimizer = make_optimizer(model_params, loss_params, train)
+
+    texts_of_image = split.texts_of_image()
+    counts = np.array([len(t) for t in texts_of_image])
+    trainable = np.flatnonzero(counts > 0)  # images without a text cannot form a pair
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    flat_texts = np.concatenate(texts_of_image) if len(texts_of_image) else np.zeros(0, int)
+    full_batch = train.optimizer == "lbfgs"
+    batch_size = len(trainable) if full_batch else min(train.batch_size, len(trainable))
+    steps_per_epoch = max(1, len(trainable) // batch_size)  # drop the ragged last batch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, train))
+    order_rng = torch.Generator().manual_seed(job.seed)
+    caption_rng = np.random.default_rng(job.seed)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                              enabled=train.precision == "bf16")
+
+    def draw_captions(index: np.ndarray) -> np.ndarray:
+        # one random caption of each image per step: every caption is seen across epochs
+        return flat_texts[offsets[index] + (caption_rng.random(len(index)) * counts[index]).astype(int)]
+
+    def batch_loss(index: np.ndarray, captions: np.ndarray
+                   ) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+        batch, extras = make_batch(model, split, index, captions, extras_wanted, class_names, device)
+        with autocast:
+            image_emb, text_emb = model(batch["images"], batch["texts"])
+            loss = sampler.compute_loss(loss_fn, model, batch, image_emb, text_emb, extras)
+        if not torch.isfinite(loss):
+            raise Diverged(f"non-finite loss {loss.item()}")
+        return loss, batch, image_emb, text_emb
+
+    history = []
+    bar = tqdm(total=train.epochs * steps_per_epoch, desc=f"{job.name} seed={job.seed}",
+               unit="step", leave=False, disable=not progress, file=sys.stderr)
+    model.train()
+    try:
+        for epoch in range(train.epochs):
+            t_epoch, losses = time.perf_counter(), []
+            perm = torch.randperm(len(trainable), generator=order_rng).numpy()
+            for step in range(steps_per_epoch):
+                index = trainable[perm[step * batch_size:(step + 1) * batch_size]]
+                captions = draw_captions(index)
+                if full_batch:
+                    # L-BFGS evaluates the closure several times per step: all on the same captions,
+                    # or its line search would chase a moving objective
+                    def closure():
+                        optimizer.zero_grad(set_to_none=True)
+                        value = batch_loss(index, captions)[0]
+                        value.backward()
+                        return value
+                    loss = optimizer.step(closure)
+                    scheduler.step()
+                    losses.append(float(loss.detach()))
+                    bar.update(1)
+                    continue
+                try:
+                    loss, batch, image_emb, text_emb = batch_loss(index, captions)
+                except Diverged as exc:
+                    raise Diverged(f"{exc} at epoch {epoch}, step {step}") from None
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if train.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                sampler.after_step(model, batch, image_emb.detach(), text_emb.detach())
+                losses.append(loss.item())
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+            logs = {"epoch": epoch, "loss": float(np.mean(losses)),
+                    "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch}
+            if not math.isfinite(logs["loss"]):
+                raise Diverged(f"non-finite loss at epoch {epoch}")
+            if epoch_metrics is not None:
+                model.eval()
+                logs.update(epoch_metrics(epoch))
+                model.train()
+            history.append(logs)
+            if notify is not None:
+                notify("on_epoch_end", job=job, epoch=epoch, logs=dict(logs))
+    finally:
+        bar.close()
+    model.eval()
+    if checkpoint_path is not None:
+        save_checkpoint(checkpoint_path, {"model": model.state_dict(), "loss": loss_fn.state_dict(),
+                                          "sampler": sampler.state_dict(), "history": history})
+    return history
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomic ``torch.save`` (temp file + rename) of tensors and plain containers only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without unpickling code (``weights_only=True``)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+
+DRY_RUN_SAMPLES = 4
+
+
+def dry_run(model: DualEncoder, loss: torch.nn.Module, sampler: Sampler, split: Split,
+            dataset: Dataset) -> None:
+    """One forward pass of encoders + sampler + loss on the first few trainable samples, no gradient."""
+    texts_of_image = split.texts_of_image()
+    index = np.array([i for i, t in enumerate(texts_of_image) if len(t)][:DRY_RUN_SAMPLES])
+    if len(index) == 0:
+        raise ValueError("the train split has no image with a text")
+    captions = np.array([texts_of_image[i][0] for i in index])
+    sampler.setup(model, loss)
+    with torch.no_grad():
+        batch, extras = make_batch(model, split, index, captions, _loss_extras(loss),
+                                   list(dataset.info.class_names), torch.device("cpu"))
+        image_emb, text_emb = model(batch["images"], batch["texts"])
+        sampler.compute_loss(loss, model, batch, image_emb, text_emb, extras)
+
