@@ -1,4 +1,4 @@
-"""``harness`` command line: run, validate, table, list, plugins.
+"""``harness`` command line: run, validate, table, plot, list, show, plugins.
 
 User errors (bad files, fields, names, arguments) print one clear line and exit with code 2; a benchmark
 whose runs did not all finish ``ok`` exits with 1.
@@ -46,12 +46,27 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", parents=[common], help="comparison table from result files")
     p.add_argument("directory", help="a benchmark's results folder, e.g. results/shapes "
                                       "(a folder of several benchmarks gives one table each)")
-    p.add_argument("--format", default="github", choices=["github", "latex", "html", "csv"])
+    p.add_argument("--format", default="github", choices=["github", "markdown", "latex", "html", "csv"],
+                   help="github (alias markdown), latex (booktabs), html, or csv (mean, std and n "
+                        "columns per metric); default: github")
     p.add_argument("--metrics", nargs="+", metavar="METRIC", help="columns (default: the benchmark's report)")
     p.add_argument("--output", "-o", help="write the table to this file instead of stdout")
 
+    p = sub.add_parser("plot", parents=[common], help="plots (plots.png) from result files")
+    p.add_argument("directory", help="a benchmark's results folder, e.g. results/shapes, written to "
+                                      "<folder>/plots.png (a folder of several benchmarks: one each)")
+    p.add_argument("--metrics", nargs="+", metavar="METRIC",
+                   help="metric panels (default: the benchmark's report)")
+    p.add_argument("--output", "-o", help="write the figure to this file (.png, .pdf, .svg) instead")
+
     p = sub.add_parser("list", parents=[common], help="list registered components")
     p.add_argument("kind", nargs="?", help="encoder, loss, sampler, evaluator, dataset or estimator")
+    p.add_argument("name", nargs="?", help="show this component's parameters (as `harness show`)")
+
+    p = sub.add_parser("show", parents=[common],
+                       help="a component's parameters, types, defaults, trainable parameters and formula")
+    p.add_argument("kind", help="encoder, loss, sampler, evaluator, dataset or estimator")
+    p.add_argument("name", help="the component's registered name, e.g. infonce")
 
     sub.add_parser("plugins", parents=[common], help="list installed plugins and their hooks")
     return parser
@@ -142,8 +157,32 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(text)
         return 0
 
+    if args.command == "plot":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            written = plot_directory(args.directory, args.output, args.metrics)
+        for w in caught:
+            if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
+                print(f"warning: {w.message}", file=sys.stderr)
+        for folder, path in written:
+            if path is None:
+                print(f"warning: {folder}: nothing to plot", file=sys.stderr)
+            else:
+                print(path)
+        return 0
+
     registry = _registry(args)
     _report_load_errors(registry)
+    if args.command == "show" or (args.command == "list" and args.name):
+        from harness.errors import ConfigError
+        from harness.introspection import describe
+        try:
+            component = registry.get(args.kind, args.name)
+        except ConfigError as exc:  # "unknown loss 'x' (did you mean …)", without a field prefix
+            raise HarnessError(exc.message) from None
+        print(describe(component))
+        return 0
+
     if args.command == "list":
         from tabulate import tabulate
         from harness.registry import KINDS
@@ -164,6 +203,55 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["plugin", "version", "source", "hooks"], tablefmt="simple"))
         return 0
     raise HarnessError(f"unknown command {args.command!r}")  # pragma: no cover - argparse prevents it
+
+
+def plot_directory(directory: str | Path, output: str | Path | None = None,
+                   metrics: Sequence[str] | None = None) -> list[tuple[Path, Path | None]]:
+    """``harness plot``: rebuild plots from result files alone. ``directory`` is a benchmark's folder
+    (``results/shapes``: writes ``results/shapes/plots.png``, or ``output``) or a folder of benchmark
+    folders (``results``: one ``plots.png`` inside each). Returns ``(folder, written path or None when
+    it had nothing to draw)`` per benchmark folder. Unreadable result files are warned about and
+    skipped; a folder without results, an unknown metric or an unwritable output raise
+    :class:`HarnessError`."""
+    from harness.plots import plot_results
+    from harness.results import load_results
+    from harness.tables import check_metrics
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise HarnessError(f"{directory}: not a folder")
+
+    def holds_results(folder: Path) -> bool:
+        return any(folder.glob("*/seed-*.json"))
+
+    folders = [directory] if holds_results(directory) else sorted(
+        p for p in directory.iterdir() if p.is_dir() and holds_results(p))
+    if not folders:
+        raise HarnessError(f"{directory}: no result files (expected <method>/seed-<n>.json, or "
+                           f"<benchmark>/<method>/seed-<n>.json for a folder of benchmarks)")
+    if output is not None and len(folders) > 1:
+        raise HarnessError(f"--output names one file but {directory} holds {len(folders)} benchmark "
+                           f"folders; leave it out to write plots.png into each")
+    loaded = {folder: load_results(folder) for folder in folders}
+    everything = [r for results in loaded.values() for r in results]
+    if not everything:
+        raise HarnessError(f"{directory}: no readable result files")
+    if metrics:
+        check_metrics(everything, metrics)
+    written = []
+    for folder, results in loaded.items():
+        if not results:
+            continue
+        known = {m for r in results for m in (*r.metrics, *r.report_metrics)}
+        chosen = [m for m in metrics if m in known] if metrics else None
+        target = Path(output) if output is not None else folder / "plots.png"
+        try:
+            written.append((folder, plot_results(results, target, chosen)))
+        except OSError as exc:
+            raise HarnessError(f"cannot write {target}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # matplotlib: an output format it cannot write (".docx")
+            raise HarnessError(f"cannot write {target}: {exc}") from None
+    return written
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Benchmark files: safe YAML loading, ``--set`` overrides, defaults, sweeps and a typed schema.
 
-Every error names the file, the field path and what was expected (:class:`harness.errors.ConfigError`).
+Every error names the file, the field path and what was expected (:class:`harness.errors.ConfigError`),
+and where the field was written: its line in the file, or the ``--set`` that set it.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ import copy
 import itertools
 import re
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from types import UnionType
+from typing import Any, Iterable, Literal, Mapping, Union, get_args, get_origin
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat,
-                      PositiveInt,
+                      PositiveInt, PrivateAttr,
                       ValidationError, field_validator, model_validator)
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, describe_field, did_you_mean
+from harness.origins import Origins
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+@=,\-]*$"  # becomes a directory name
 
@@ -92,6 +95,30 @@ class MethodSpec(BaseModel):
         return "gradient" if self.loss is not None else "closed-form"
 
 
+class PartialComponentSpec(ComponentSpec):
+    """A component in ``defaults``: its ``name`` may be left to the methods."""
+
+    name: str | None = None
+
+
+class PartialEncodersSpec(EncodersSpec):
+    image: PartialComponentSpec | None = None
+    text: PartialComponentSpec | None = None
+
+
+class DefaultsSpec(BaseModel):
+    """``defaults``: any part of a method but its name, merged into every method. Validated on its own
+    first, so that a bad default is reported once, at ``defaults.…``, not once per method."""
+
+    model_config = ConfigDict(extra="forbid")
+    encoders: PartialEncodersSpec | None = None
+    embed_dim: PositiveInt | None = None
+    loss: PartialComponentSpec | None = None
+    sampler: PartialComponentSpec | None = None
+    estimator: PartialComponentSpec | None = None
+    train: TrainSpec | None = None  # every TrainSpec field has a default: a partial one validates
+
+
 class ReportSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metrics: list[str] = []
@@ -111,6 +138,14 @@ class BenchmarkSpec(BaseModel):
     eval_splits: list[Literal["val", "test"]] = Field(default_factory=lambda: ["test"], min_length=1)
     # variant name -> {"base": name as written, "values": {swept key path: value}}; filled by resolve
     sweeps: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
+    # `defaults` as written (already merged into the methods); filled by resolve
+    defaults: DefaultsSpec = Field(default_factory=DefaultsSpec, exclude=True)
+    _origins: Any = PrivateAttr(default=None)  # an Origins; set by resolve
+
+    def locate(self, field: str) -> dict[str, Any]:
+        """Where ``field`` was written, as keyword arguments for :class:`ConfigError`:
+        ``{"line": 7}``, ``{"override": "defaults.train.epochs=0"}`` or ``{}`` when unknown."""
+        return self._origins.locate(field, self.sweeps) if self._origins is not None else {}
 
     @field_validator("seeds")
     @classmethod
@@ -140,6 +175,11 @@ class BenchmarkSpec(BaseModel):
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a benchmark file with ``yaml.safe_load`` (no tags are ever executed)."""
+    return _read_yaml(path)[0]
+
+
+def _read_yaml(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The benchmark file's data and its text (which :class:`Origins` reads line numbers from)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -155,7 +195,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}",
                           file=str(path))
-    return data
+    return data, text
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str], file: str | None = None) -> dict:
@@ -163,7 +203,15 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], file: str | 
 
     A path step into a list may be an index (``methods.0``) or an item's name (``methods.infonce``).
     """
+    return _apply_overrides(data, overrides, file)[0]
+
+
+def _apply_overrides(data: dict[str, Any], overrides: Iterable[str], file: str | None = None
+                     ) -> tuple[dict, list[tuple[str, str]]]:
+    """:func:`apply_overrides`, and what each override set: ``(field path, "KEY.PATH=VALUE")`` with
+    the field path written as errors write it (``methods[infonce].loss.temperature``)."""
     data = copy.deepcopy(data)
+    written: list[tuple[str, str]] = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY.PATH=VALUE, got {item!r}", file=file, field="--set")
@@ -176,6 +224,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], file: str | 
         if not steps:
             raise ConfigError(f"--set expects KEY.PATH=VALUE, got {item!r}", file=file, field="--set")
         node: Any = data
+        field = ""
         for i, step in enumerate(steps):
             last = i == len(steps) - 1
             where = ".".join(steps[:i + 1])
@@ -184,11 +233,14 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], file: str | 
                 if index is None:
                     raise ConfigError(f"no list item {step!r} (use an index or an item's name)",
                                       file=file, field=where)
+                name = node[index].get("name") if isinstance(node[index], dict) else None
+                field += f"[{name if name else index % len(node)}]"
                 if last:
                     node[index] = value
                 else:
                     node = node[index]
             elif isinstance(node, dict):
+                field += f".{step}" if field else step
                 if last:
                     node[step] = value
                 else:
@@ -198,7 +250,8 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], file: str | 
             else:
                 raise ConfigError(f"cannot set a key inside a {type(node).__name__}", file=file,
                                   field=where)
-    return data
+        written.append((field, item.strip()))
+    return data, written
 
 
 def _list_index(items: list, step: str) -> int | None:
@@ -270,12 +323,33 @@ def _short(value: Any) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
-def resolve(data: Mapping[str, Any], file: str | None = None) -> BenchmarkSpec:
-    """Merge defaults, expand sweeps and validate into a :class:`BenchmarkSpec`."""
-    data = dict(data)
+def resolve(data: Mapping[str, Any], file: str | None = None, *, origins: Origins | None = None
+            ) -> BenchmarkSpec:
+    """Validate ``defaults``, merge them into each method, expand sweeps and validate into a
+    :class:`BenchmarkSpec`. ``origins`` (from :func:`load_benchmark`) adds to each error where its field
+    was written: the line of the file, or the ``--set`` that set it."""
+    origins = origins or Origins()
+    try:
+        spec = _resolve(dict(data), file, origins)
+    except ConfigError as exc:
+        if exc.field and exc.line is None and exc.override is None:
+            where = origins.locate(exc.field)
+            if where:
+                raise ConfigError(exc.message, file=exc.file, field=exc.field, **where) from None
+        raise
+    spec._origins = origins
+    return spec
+
+
+def _resolve(data: dict[str, Any], file: str | None, origins: Origins) -> BenchmarkSpec:
     defaults = data.pop("defaults", None) or {}
     if not isinstance(defaults, dict):
         raise ConfigError("expected a mapping", file=file, field="defaults")
+    try:  # at its own path, once, before it is copied into every method
+        defaults_spec = DefaultsSpec.model_validate(defaults)
+    except ValidationError as exc:
+        raise _config_error(exc, defaults, file, model=DefaultsSpec, prefix="defaults",
+                            origins=origins) from None
     methods = data.get("methods")
     if isinstance(methods, list):
         expanded = []
@@ -291,28 +365,37 @@ def resolve(data: Mapping[str, Any], file: str | None = None) -> BenchmarkSpec:
     try:
         spec = BenchmarkSpec.model_validate(data)
     except ValidationError as exc:
-        raise _config_error(exc, data, file) from None
+        raise _config_error(exc, data, file, origins=origins, sweeps=sweeps) from None
     spec.sweeps = sweeps
+    spec.defaults = defaults_spec
     return spec
 
 
-def _config_error(exc: ValidationError, data: Mapping[str, Any], file: str | None) -> ConfigError:
-    messages, first_field = [], None
+def _config_error(exc: ValidationError, data: Mapping[str, Any], file: str | None, *,
+                  model: type[BaseModel] = BenchmarkSpec, prefix: str = "",
+                  origins: Origins | None = None, sweeps: Mapping[str, Any] | None = None
+                  ) -> ConfigError:
+    """One :class:`ConfigError` for all of a validation's problems, each with its field path under
+    ``prefix`` and, where ``origins`` knows it, where that field was written."""
+    problems = []
     for err in exc.errors():
         field = _field_path(err["loc"], data)
-        first_field = first_field or field
+        field = f"{prefix}.{field}" if prefix and field else prefix or field
         detail = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            detail = "unknown field"
+            detail = "unknown field" + did_you_mean(str(err["loc"][-1]),
+                                                    _field_names(model, err["loc"][:-1]))
         elif err["type"] == "missing":
             detail = "required field is missing"
         elif "input" in err and err["type"] not in ("value_error",):
             detail += f" (got {err['input']!r})"
-        messages.append((field, detail))
-    if len(messages) == 1:
-        return ConfigError(messages[0][1], file=file, field=messages[0][0])
-    listing = "; ".join(f"{f}: {m}" for f, m in messages)
-    return ConfigError(f"{len(messages)} problems: {listing}", file=file, field=first_field)
+        problems.append((field, detail, origins.locate(field, sweeps) if origins else {}))
+    if len(problems) == 1:
+        field, detail, where = problems[0]
+        return ConfigError(detail, file=file, field=field, **where)
+    listing = "; ".join(f"{describe_field(f, **w)}: {d}" for f, d, w in problems)
+    field, _, where = problems[0]
+    return ConfigError(f"{len(problems)} problems: {listing}", file=file, field=field, **where)
 
 
 def _field_path(loc: tuple, data: Mapping[str, Any]) -> str:
@@ -333,12 +416,44 @@ def _field_path(loc: tuple, data: Mapping[str, Any]) -> str:
     return ".".join(parts)
 
 
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names a user may write in the model found at ``loc`` inside ``model`` (for "did you
+    mean"), or ``[]`` when ``loc`` does not lead to a model."""
+    annotation: Any = model
+    for step in loc:
+        annotation = _unwrap(annotation)
+        if isinstance(step, int) and get_origin(annotation) is list:
+            annotation = get_args(annotation)[0]
+        elif isinstance(step, str) and _is_model(annotation) and step in annotation.model_fields:
+            annotation = annotation.model_fields[step].annotation
+        else:
+            return []
+    annotation = _unwrap(annotation)
+    if not _is_model(annotation):
+        return []
+    names = [name for name, info in annotation.model_fields.items() if not info.exclude]
+    return names + ["defaults"] if annotation is BenchmarkSpec else names
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` → ``X``."""
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        return members[0] if len(members) == 1 else annotation
+    return annotation
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 def load_benchmark(source: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()
                    ) -> tuple[BenchmarkSpec, str | None]:
     """A benchmark from a path or a dict, with overrides applied. Returns ``(spec, file)``."""
     if isinstance(source, Mapping):
-        file, data = None, copy.deepcopy(dict(source))
+        file, text, data = None, None, copy.deepcopy(dict(source))
     else:
-        file, data = str(source), load_yaml(source)
-    data = apply_overrides(data, overrides, file)
-    return resolve(data, file), file
+        file = str(source)
+        data, text = _read_yaml(source)
+    data, written = _apply_overrides(data, overrides, file)
+    return resolve(data, file, origins=Origins(text, written)), file

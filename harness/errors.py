@@ -11,12 +11,23 @@ class HarnessError(Exception):
 
 
 class ConfigError(HarnessError):
-    """A benchmark file or parameter is invalid. ``where`` is the file and field path."""
+    """A benchmark file or parameter is invalid, at ``file`` and ``field`` (a path such as
+    ``methods[infonce].train.lr``). ``line`` is the line of the file where the field was written and
+    ``override`` the ``--set KEY.PATH=VALUE`` that wrote it, when known; the message shows them as
+    ``FILE: FIELD (line 7): …`` or ``FILE: FIELD (from --set KEY.PATH=VALUE): …``."""
 
-    def __init__(self, message: str, *, file: str | None = None, field: str | None = None):
+    def __init__(self, message: str, *, file: str | None = None, field: str | None = None,
+                 line: int | None = None, override: str | None = None):
         self.file, self.field, self.message = file, field, message
-        location = ": ".join(part for part in (file, field) if part)
+        self.line, self.override = line, override
+        location = ": ".join(part for part in (file, describe_field(field, line, override)) if part)
         super().__init__(f"{location}: {message}" if location else message)
+
+
+def describe_field(field: str | None, line: int | None = None, override: str | None = None) -> str | None:
+    """``defaults.train.epochs (line 7)``, ``… (from --set defaults.train.epochs=0)`` or the field."""
+    note = f"from --set {override}" if override else f"line {line}" if line else None
+    return (f"{field} ({note})" if note else field) if field else note
 
 
 class UnknownComponentError(ConfigError):

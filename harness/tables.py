@@ -11,13 +11,17 @@ import statistics
 from collections import Counter
 from typing import Iterable, Literal, Sequence
 
-from tabulate import tabulate
+from tabulate import DataRow, Line, TableFormat, tabulate
 
 from harness.errors import HarnessError, did_you_mean
 from harness.results import RunResult, first_difference
 
-Format = Literal["github", "latex", "html", "csv"]
+Format = Literal["github", "markdown", "latex", "html", "csv"]
 FORMATS: tuple[str, ...] = ("github", "latex", "html", "csv")
+ALIASES: dict[str, str] = {"markdown": "github"}  # other names accepted for a format
+
+#: most decimals a column gets, however small its spread
+MAX_DECIMALS = 6
 
 
 class MethodRow:
@@ -108,11 +112,11 @@ def default_metrics(results: Sequence[RunResult]) -> list[str]:
 
 
 def check_metrics(results: Sequence[RunResult], metrics: Sequence[str]) -> None:
-    """Reject requested metrics that no result file knows (a typo would otherwise be a silent "—"
-    column). A metric missing only from failed runs is fine: the benchmark still reports it."""
+    """Reject requested metrics that no result measured (a typo would otherwise be a silent "—"
+    column). Only the ``metrics`` of the files count, not their ``report_metrics``: a name listed there
+    that no run measured is a typo too. A metric missing only from failed runs is fine."""
     known: dict[str, None] = {}
     for r in results:
-        known.update(dict.fromkeys(r.report_metrics))
         known.update(dict.fromkeys(r.metrics))
     unknown = [m for m in metrics if m not in known]
     if unknown:
@@ -128,24 +132,75 @@ def directions(results: Sequence[RunResult]) -> dict[str, bool]:
     return out
 
 
-def _decimals(x: float) -> int:
-    magnitude = abs(x)
-    return 1 if magnitude >= 100 else 2 if magnitude >= 1 else 3
+def units(results: Sequence[RunResult]) -> dict[str, str]:
+    """Metric -> unit ("%") as the evaluators declared them (older files declare none)."""
+    out: dict[str, str] = {}
+    for r in results:
+        out.update(r.units)
+    return out
 
 
-def _number(x: float, decimals: int | None = None) -> str:
-    return f"{x:.{_decimals(x) if decimals is None else decimals}f}"
+def column_decimals(rows: Sequence[MethodRow], metric: str) -> int:
+    """Decimals for every cell of one metric's column, chosen from the metric's spread: enough to show
+    two significant digits of the column's median seed std (``10.6 ± 1.6``, ``200 ± 23``,
+    ``0.512 ± 0.050``). Rows of one seed, and rows whose seeds agree exactly (closed-form methods),
+    have no spread and do not count. With no spread at all, three significant digits of the median
+    magnitude of the means (``53.8``, ``0.122``, ``516``). Between 0 and :data:`MAX_DECIMALS`."""
+    stats = [(s, len(row.values(metric))) for row in rows if (s := row.mean_std(metric)) is not None]
+    spreads = [s[1] for s, n in stats if n > 1 and s[1] > 0]
+    if spreads:
+        scale, significant = statistics.median(spreads), 2
+    else:
+        magnitudes = [abs(s[0]) for s, _ in stats if s[0] != 0]
+        if not magnitudes:
+            return 2
+        scale, significant = statistics.median(magnitudes), 3
+    return min(max(significant - 1 - math.floor(math.log10(scale)), 0), MAX_DECIMALS)
+
+
+def _fixed(x: float, decimals: int) -> str:
+    text = f"{x:.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
+
+
+def _plain(x: float) -> str:
+    """A number for machine reading: 12 significant digits, so no float noise (``0.14``, not
+    ``0.13999999999999999``), and never ``-0``."""
+    return f"{x + 0.0:.12g}"
+
+
+def _begin_tabular(colwidths: list[int], colaligns: list[str]) -> str:
+    spec = "".join({"right": "r", "center": "c", "decimal": "r"}.get(a, "l") for a in colaligns)
+    return f"\\begin{{tabular}}{{{spec}}}\n\\toprule"
+
+
+#: tabulate's ``latex_booktabs`` layout with raw cells (the cells are escaped here, since they hold
+#: markup such as ``\textbf``): \toprule, \midrule and \bottomrule, and the column alignment as spec
+LATEX_BOOKTABS_RAW = TableFormat(
+    lineabove=_begin_tabular, linebelowheader=Line("\\midrule", "", "", ""), linebetweenrows=None,
+    linebelow=Line("\\bottomrule\n\\end{tabular}", "", "", ""),
+    headerrow=DataRow("", "&", "\\\\"), datarow=DataRow("", "&", "\\\\"), padding=1,
+    with_header_hide=None)
 
 
 def build_table(results: Sequence[RunResult], metrics: Sequence[str] | None = None,
                 fmt: str = "github") -> str:
-    """One row per method: mean ± sample std over ``ok`` seeds, the seed count, the status of every
-    run (failed and diverged runs are shown, not hidden); the best mean per column is marked.
+    """One row per configuration of a method (:func:`group_runs`): mean ± sample std over ``ok`` seeds,
+    the seed count, the status of every run (failed and diverged runs are shown, not hidden).
+
+    ``github`` (alias ``markdown``), ``latex`` and ``html``: every cell of a metric's column has the
+    same decimals, chosen from the metric's spread (:func:`column_decimals`); a run of one seed shows
+    its value alone; a metric with a unit has it in its header (``retrieval/t2i_R@1 (%) ↑``); the best
+    mean of each column, at the precision shown, is bold (ties all are); numeric columns are
+    right-aligned. LaTeX is a booktabs ``tabular`` (``\\toprule``/``\\midrule``/``\\bottomrule``,
+    spec such as ``lrlrr``), text escaped; HTML is escaped. ``csv``: see :func:`_csv`.
 
     Results of several benchmarks give one table per benchmark, each under a heading with its name
     (csv: one table with a leading ``benchmark`` column), each with its own default metrics and best."""
+    fmt = ALIASES.get(fmt, fmt)
     if fmt not in FORMATS:
-        raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ValueError(f"unknown table format {fmt!r}; choose one of "
+                         f"{', '.join([*FORMATS, *ALIASES])}")
     groups = by_benchmark(results)
     if len(groups) <= 1:
         return _table(results, metrics, fmt)
@@ -179,8 +234,12 @@ def _table(results: Sequence[RunResult], metrics: Sequence[str] | None, fmt: str
 
     pm = r"$\pm$" if fmt == "latex" else "±"
     arrows = {True: "↑", False: "↓"} if fmt != "latex" else {True: r"$\uparrow$", False: r"$\downarrow$"}
+    unit = units(results)
     headers = [esc("method"), esc("seeds"), esc("status")] + [
-        f"{esc(m)} {arrows[higher.get(m, True)]}" for m in metrics]
+        f"{esc(m)}{f' ({esc(unit[m])})' if unit.get(m) else ''} {arrows[higher.get(m, True)]}"
+        for m in metrics]
+    decimals = {m: column_decimals(rows, m) for m in metrics}
+    best_shown = {m: None if best[m] is None else _fixed(best[m], decimals[m]) for m in metrics}
     body = []
     for row in rows:
         cells = [esc(row.label), str(len(row.ok)), esc(row.status())]
@@ -189,14 +248,14 @@ def _table(results: Sequence[RunResult], metrics: Sequence[str] | None, fmt: str
             if stats is None:
                 cells.append("—")
                 continue
-            mean, std = stats
-            places = _decimals(mean)  # the std is shown to the mean's precision
-            text = _number(mean) if len(row.values(m)) == 1 else \
-                f"{_number(mean, places)} {pm} {_number(std, places)}"
-            cells.append(mark(text) if best[m] is not None and mean == best[m] else text)
+            (mean, std), places = stats, decimals[m]
+            shown = _fixed(mean, places)
+            text = shown if len(row.values(m)) == 1 else f"{shown} {pm} {_fixed(std, places)}"
+            cells.append(mark(text) if shown == best_shown[m] else text)
         body.append(cells)
-    tablefmt = {"github": "github", "latex": "latex_raw", "html": "unsafehtml"}[fmt]
-    return tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+    tablefmt = {"github": "github", "latex": LATEX_BOOKTABS_RAW, "html": "unsafehtml"}[fmt]
+    return tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True,
+                    colalign=["left", "right", "left", *["right"] * len(metrics)])
 
 
 def _best_mean(rows: list[MethodRow], metric: str, higher_is_better: bool) -> float | None:
@@ -208,17 +267,23 @@ def _best_mean(rows: list[MethodRow], metric: str, higher_is_better: bool) -> fl
 
 def _csv(rows: list[MethodRow], metrics: list[str], best: dict[str, float | None],
          benchmark_column: bool = False) -> str:
-    """Machine-readable: numeric mean and std columns, plus which metrics the row is best on."""
+    """Machine-readable, one line per row of the table: ``[benchmark,] method, seeds, status``, then for
+    each metric ``<metric> mean``, ``<metric> std`` (sample std) and ``<metric> n`` (the ``ok`` seeds
+    that measured it), then ``best``: the metrics whose mean (unrounded) is the best of the column,
+    joined by ``;``. Numbers are plain, at full precision without float noise (12 significant digits:
+    ``0.14``, ``15``); the std is empty for one seed, mean and std are empty (n ``0``) when no seed
+    measured the metric. No units: they are a property of the metric, not of the cell."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     lead = ["benchmark"] if benchmark_column else []
-    writer.writerow([*lead, "method", "seeds", "status", *[c for m in metrics for c in (m, f"{m} std")],
-                     "best"])
+    writer.writerow([*lead, "method", "seeds", "status",
+                     *[f"{m} {part}" for m in metrics for part in ("mean", "std", "n")], "best"])
     for row in rows:
         values, best_on = [], []
         for m in metrics:
-            stats = row.mean_std(m)
-            values += ["", ""] if stats is None else [repr(stats[0]), repr(stats[1])]
+            stats, n = row.mean_std(m), len(row.values(m))
+            values += ["", "", 0] if stats is None else [
+                _plain(stats[0]), _plain(stats[1]) if n > 1 else "", n]
             if stats is not None and stats[0] == best[m]:
                 best_on.append(m)
         lead = [row.benchmark] if benchmark_column else []

@@ -3,12 +3,13 @@ per method (``harness validate``), and :func:`prepare`, which ``run`` and ``vali
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from harness.components import Sampler
 from harness.config import BenchmarkSpec, ComponentSpec, load_benchmark
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, HarnessError, did_you_mean
 from harness.jobs import get_dataset
 from harness.model import DualEncoder
 from harness.registry import PluginImportError, Registry, load_plugins
@@ -25,26 +26,52 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
     ``harness run`` skips the forward check: there an exception in one method's code marks that
     method's runs ``failed`` and the others still train, while ``harness validate`` reports it."""
 
-    def build(kind: str, comp: ComponentSpec, field: str, context: dict[str, Any] | None = None) -> Any:
+    def error(message: str, field: str) -> ConfigError:  # with where the field was written
+        return ConfigError(message, file=file, field=field, **spec.locate(field))
+
+    def build(kind: str, comp: ComponentSpec, field: str, context: dict[str, Any] | None = None,
+              *, defaults: bool = False) -> Any:
         try:
-            return registry.get(kind, comp.name).build(comp.params, context)
+            component = registry.get(kind, comp.name)
+            if defaults:  # parameters the default leaves out may be the methods' to give
+                required = [n for n, p in component.parameters().items()
+                            if p.default is p.empty and n not in comp.params]
+                if required:
+                    component.check_params({**dict.fromkeys(required), **comp.params})  # names only
+                    return None
+            return component.build(comp.params, context)
         except ConfigError as exc:
             sub = exc.field if exc.field and exc.field != "name" else None
-            raise ConfigError(exc.message, file=file,
-                              field=f"{field}.{sub}" if sub else f"{field}.name") from None
+            raise error(exc.message, f"{field}.{sub}" if sub else f"{field}.name") from None
         except Exception as exc:  # a constructor rejecting a value, a missing weights file, …
-            raise ConfigError(_describe(exc), file=file, field=field) from None
+            raise error(_describe(exc), field) from None
 
-    for comp in spec.evaluators:
-        build("evaluator", comp, f"evaluators[{comp.name}]")
-    registry.get("dataset", spec.dataset.name)  # unknown name: "did you mean" before building
+    evaluators = {comp.name: build("evaluator", comp, f"evaluators[{comp.name}]") for comp in spec.evaluators}
+    check_report_metrics(spec, evaluators, file)
+    try:
+        registry.get("dataset", spec.dataset.name)  # unknown name: "did you mean" before building
+    except ConfigError as exc:
+        raise error(exc.message, "dataset.name") from None
     try:
         dataset, _ = get_dataset(spec.dataset.model_dump(), registry)
         splits = {name: dataset.split(name) for name in {"train", *spec.eval_splits}}
     except ConfigError as exc:
-        raise ConfigError(exc.message, file=file, field=f"dataset.{exc.field or 'name'}") from None
+        raise error(exc.message, f"dataset.{exc.field or 'name'}") from None
     except Exception as exc:
-        raise ConfigError(_describe(exc), file=file, field="dataset") from None
+        raise error(_describe(exc), "dataset") from None
+    # a component written in `defaults` is built once at its own path, so that its problems are reported
+    # there and not once per method (a method naming another component replaces it whole); one without
+    # a name is completed by the methods
+    d = spec.defaults
+    context = {"embed_dim": d.embed_dim or 64, "dataset_info": dataset.info}
+    encoders = d.encoders
+    for kind, comp, field, extra in (
+            ("encoder", encoders and encoders.image, "defaults.encoders.image", {"modality": "image"}),
+            ("encoder", encoders and encoders.text, "defaults.encoders.text", {"modality": "text"}),
+            ("loss", d.loss, "defaults.loss", {}), ("sampler", d.sampler, "defaults.sampler", {}),
+            ("estimator", d.estimator, "defaults.estimator", {})):
+        if comp is not None and comp.name is not None:
+            build(kind, comp, field, {**context, **extra}, defaults=True)
     for m in spec.methods:
         where = f"methods[{m.name}]"
         context = {"embed_dim": m.embed_dim, "dataset_info": dataset.info}
@@ -58,33 +85,49 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
         try:
             sampler.check_loss(loss)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(str(exc), file=file, field=f"{where}.sampler") from None
+            raise error(str(exc), f"{where}.sampler") from None
         if m.train.optimizer == "lbfgs":
             # full batch: the whole split is one step, so there are no past batches to queue and the
             # line search, not a norm bound, sets the step length
             if m.sampler is not None:
-                raise ConfigError(f"sampler {m.sampler.name!r} needs minibatches; optimizer lbfgs trains "
-                                  "on the whole split as one batch", file=file, field=f"{where}.sampler")
+                raise error(f"sampler {m.sampler.name!r} needs minibatches; optimizer lbfgs trains on the "
+                            "whole split as one batch", f"{where}.sampler")
             if m.train.grad_clip is not None:
-                raise ConfigError("grad_clip is not used by optimizer lbfgs (its line search sets the "
-                                  "step length); remove it", file=file, field=f"{where}.train.grad_clip")
+                raise error("grad_clip is not used by optimizer lbfgs (its line search sets the step "
+                            "length); remove it", f"{where}.train.grad_clip")
         if not forward_check:
             continue
         try:
             dry_run(DualEncoder(image, text), loss, sampler, splits["train"], dataset)
         except Exception as exc:
-            raise ConfigError(f"the encoders and loss do not work together on this dataset: a forward "
-                              f"pass on {DRY_RUN_SAMPLES} training samples failed with {_describe(exc)}",
-                              file=file, field=where) from None
-    evaluator_names = {comp.name for comp in spec.evaluators}
-    for metric in spec.report.metrics:
+            raise error(f"the encoders and loss do not work together on this dataset: a forward pass "
+                        f"on {DRY_RUN_SAMPLES} training samples failed with {_describe(exc)}", where) from None
+
+
+def check_report_metrics(spec: BenchmarkSpec, evaluators: Mapping[str, Any], file: str | None) -> None:
+    """Each ``report.metrics`` entry must be ``[SPLIT/]EVALUATOR/METRIC`` with an evaluator of the
+    benchmark, a split of ``eval_splits`` (test metrics have no prefix) and a metric the evaluator
+    declares it produces for its parameters (:meth:`Evaluator.metric_names`; undeclared: not checked)."""
+    valid: list[str] = []  # every reportable name, for "did you mean"
+    for name, evaluator in evaluators.items():
+        for metric in evaluator.metric_names() or []:
+            valid += [f"{split}/{name}/{metric}" if split != "test" else f"{name}/{metric}"
+                      for split in spec.eval_splits]
+    for i, metric in enumerate(spec.report.metrics):
         split, _, rest = metric.partition("/")
         name = rest if split in spec.eval_splits and split != "test" else metric
-        prefix = name.split("/", 1)[0]
-        if "/" not in name or prefix not in evaluator_names:
+        evaluator_name, _, metric_name = name.partition("/")
+        where = f"report.metrics[{i}]"
+        if not metric_name or evaluator_name not in evaluators:
             raise ConfigError(f"expected [SPLIT/]EVALUATOR/METRIC with an evaluator of this benchmark "
-                              f"({', '.join(sorted(evaluator_names))}) and a split of eval_splits other "
-                              f"than test, got {metric!r}", file=file, field="report.metrics")
+                              f"({', '.join(sorted(evaluators))}) and a split of eval_splits other than "
+                              f"test, got {metric!r}{did_you_mean(metric, valid)}", file=file, field=where,
+                              **spec.locate(where))
+        declared = evaluators[evaluator_name].metric_names()
+        if declared is not None and not any(fnmatch.fnmatchcase(metric_name, p) for p in declared):
+            raise ConfigError(f"evaluator {evaluator_name!r} does not produce {metric_name!r}"
+                              f"{did_you_mean(metric, valid)}; it reports {', '.join(declared)}",
+                              file=file, field=where, **spec.locate(where))
 
 
 def _describe(exc: BaseException) -> str:

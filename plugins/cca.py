@@ -755,6 +755,9 @@ class CanonicalCorrelationEvaluator(Evaluator):
         self.k = k
         self.reg = reg
 
+    def metric_names(self) -> list[str]:
+        return ["total_corr", "train_total_corr", *(f"corr_{i + 1}" for i in range(self.k))]
+
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         train_x, train_y = _paired_embeddings(context, context.train_split)
         test_x, test_y = _paired_embeddings(context, context.split)
@@ -789,6 +792,17 @@ class LinearProbeEvaluator(Evaluator):
         self.C = C
         self.cca_k = cca_k
         self.max_iter = max_iter
+
+    def metric_names(self) -> list[str]:
+        return ["accuracy", "error"]
+
+    def chance(self, context: EvalContext) -> dict[str, float]:
+        """A constant guess of the most frequent training class."""
+        labels = context.train_split.extras.get("labels")
+        if labels is None or len(labels) == 0:
+            return {}
+        top = float(np.bincount(np.asarray(labels)[np.asarray(labels) >= 0]).max() / len(labels))
+        return {"accuracy": top, "error": 1.0 - top}
 
     def _model(self, seed: int):
         from sklearn.linear_model import LogisticRegression

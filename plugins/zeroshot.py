@@ -57,10 +57,19 @@ class ZeroShot(Evaluator):
     for ``shapes`` with ``holdout``, images whose primary object is a held-out combination).
     """
 
+    units = {"top1*": "%"}
+
     def __init__(self, template: str = "{}"):
         if "{}" not in template:
             raise ValueError(f"template must contain '{{}}' for the class name, got {template!r}")
         self.template = template
+
+    def metric_names(self) -> list[str]:
+        return ["top1", "top1_seen", "top1_holdout", "top1_unseen"]
+
+    def chance(self, context: EvalContext) -> dict[str, float]:
+        n = len(context.dataset_info.class_names)
+        return {name: 100.0 / n for name in self.metric_names()} if n else {}
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         split, names = context.split, list(context.dataset_info.class_names)

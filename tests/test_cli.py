@@ -38,7 +38,7 @@ def test_validate_ok_resolves_every_component(tmp_path, toy_config):
 
 
 @pytest.mark.parametrize("mutate, words", [
-    (lambda c: c["defaults"]["train"].update(lr="fast"), ["methods[infonce].train.lr", "number"]),
+    (lambda c: c["defaults"]["train"].update(lr="fast"), ["defaults.train.lr", "number"]),
     (lambda c: c["methods"][0]["loss"].update(tau=1), ["methods[infonce].loss.tau", "temperature"]),
     (lambda c: c.update(seeds="zero"), ["seeds"]),
     (lambda c: c["methods"][0].update(loss={"name": "infonse"}), ["did you mean 'infonce'"]),

@@ -106,4 +106,4 @@ def test_devise_on_tiny_shapes_reports_zero_shot_top1(tmp_path):
             "zero-shot/top1_unseen"} <= set(result.metrics)
     assert all(0.0 <= v <= 100.0 for v in result.metrics.values())
     assert result.higher_is_better["zero-shot/top1"] is True
-    assert "zero-shot/top1_holdout ↑" in outcome.table
+    assert "zero-shot/top1_holdout (%) ↑" in outcome.table
