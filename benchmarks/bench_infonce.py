@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from harness_plugins.losses import InfoNCE
+from harness_plugins.contrastive.losses import InfoNCE
 
 TAU = 0.07
 

@@ -18,7 +18,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from harness_plugins.shapes import generate_split  # noqa: E402
+from harness_plugins.datasets.shapes import generate_split  # noqa: E402
 
 TARGET = 5000.0  # samples per second on one core, 64x64 images
 

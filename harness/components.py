@@ -7,6 +7,7 @@ plugin may subclass these or simply duck-type them.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -16,8 +17,87 @@ from torch import nn
 from harness.data import DatasetInfo, Split
 
 
+@dataclass
+class TokenFeatures:
+    """Per-location / per-token features of one modality: ``features`` ``[B, N, D]`` and ``mask``
+    ``[B, N]`` (bool, True = a real location or token; ``None`` = all real).
+
+    An encoder returns this instead of a pooled ``[B, D]`` tensor when a method scores pairs from
+    locations and tokens (match-map grounding). Batches of different ``N`` concatenate with padding.
+    """
+
+    features: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.features.dim() != 3:
+            raise ValueError(f"token features are [B, N, D], got shape {tuple(self.features.shape)}")
+        if self.mask is not None and tuple(self.mask.shape) != tuple(self.features.shape[:2]):
+            raise ValueError(f"mask shape {tuple(self.mask.shape)} does not match features "
+                             f"{tuple(self.features.shape)}")
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """The mask, or all True."""
+        if self.mask is not None:
+            return self.mask.bool()
+        return torch.ones(self.features.shape[:2], dtype=torch.bool, device=self.features.device)
+
+    def map(self, fn) -> "TokenFeatures":
+        """The same features with ``fn`` applied to the feature tensor (``.float()``, ``.detach()``)."""
+        return TokenFeatures(fn(self.features), self.mask)
+
+    def to(self, *args: Any, **kwargs: Any) -> "TokenFeatures":
+        mask = self.mask.to(self.features.to(*args, **kwargs).device) if self.mask is not None else None
+        return TokenFeatures(self.features.to(*args, **kwargs), mask)
+
+    def detach(self) -> "TokenFeatures":
+        return self.map(torch.Tensor.detach)
+
+    def float(self) -> "TokenFeatures":
+        return self.map(torch.Tensor.float)
+
+    def __getitem__(self, index: Any) -> "TokenFeatures":
+        return TokenFeatures(self.features[index], None if self.mask is None else self.mask[index])
+
+    @staticmethod
+    def cat(parts: list["TokenFeatures"]) -> "TokenFeatures":
+        """Concatenate along the batch, padding ``N`` to the longest part (padding is masked out)."""
+        n = max(p.features.shape[1] for p in parts)
+        if all(p.features.shape[1] == n for p in parts) and all(p.mask is None for p in parts):
+            return TokenFeatures(torch.cat([p.features for p in parts]))
+        feats, masks = [], []
+        for p in parts:
+            pad = n - p.features.shape[1]
+            feats.append(torch.nn.functional.pad(p.features, (0, 0, 0, pad)))
+            masks.append(torch.nn.functional.pad(p.valid, (0, pad), value=False))
+        return TokenFeatures(torch.cat(feats), torch.cat(masks))
+
+
+def pooled_or_tokens(value: Any) -> str:
+    """``"tokens"`` for :class:`TokenFeatures`, ``"pooled"`` for a ``[B, D]`` tensor."""
+    return "tokens" if isinstance(value, TokenFeatures) else "pooled"
+
+
+def call_loss(loss: nn.Module, image: Any, text: Any, **extras: Any) -> torch.Tensor:
+    """Call a loss on what the encoders returned: pooled ``[B, D]`` tensors as ``loss(image, text)``;
+    :class:`TokenFeatures` as ``loss(image_feats, text_feats, image_mask=…, text_mask=…)`` (each mask
+    passed when ``forward`` names it and the features have one)."""
+    names = inspect.signature(loss.forward).parameters
+    for side, value in (("image", image), ("text", text)):
+        if isinstance(value, TokenFeatures) and value.mask is not None and f"{side}_mask" in names:
+            extras[f"{side}_mask"] = value.mask
+    image = image.features if isinstance(image, TokenFeatures) else image
+    text = text.features if isinstance(text, TokenFeatures) else text
+    return loss(image, text, **extras)
+
+
 class Encoder(nn.Module):
-    """Maps a prepared batch of one modality to ``[B, output_dim]`` (or ``[B, N, output_dim]``).
+    """Maps a prepared batch of one modality to ``[B, output_dim]``, or to :class:`TokenFeatures`
+    (``[B, N, output_dim]`` + mask) for methods that score locations against tokens.
 
     ``prepare`` turns a raw batch (a ``uint8`` image tensor, a list of caption strings, a feature array)
     into the tensors ``forward`` takes; it runs on the CPU, outside autograd, so tokenizers and image
@@ -50,8 +130,9 @@ class Sampler:
                      extras: dict[str, Any]) -> torch.Tensor:
         """``batch`` holds the prepared inputs on the device (``batch["images"]``, ``batch["texts"]``);
         ``model`` is a :class:`harness.model.DualEncoder` (``model.image_encoder``, ``model.text_encoder``)
-        and ``extras`` the keyword extras the loss's ``forward`` accepts."""
-        return loss(image_emb, text_emb, **extras)
+        and ``extras`` the keyword extras the loss's ``forward`` accepts. ``image_emb``/``text_emb`` are
+        pooled ``[B, D]`` tensors or :class:`TokenFeatures` (see :func:`call_loss`)."""
+        return call_loss(loss, image_emb, text_emb, **extras)
 
     def after_step(self, model: nn.Module, batch: dict[str, Any], image_emb: torch.Tensor,
                    text_emb: torch.Tensor) -> None:
@@ -66,11 +147,18 @@ class Sampler:
 
 @runtime_checkable
 class EmbeddingModel(Protocol):
-    """What evaluators see of a trained method: batched, gradient-free embedding of either side."""
+    """What evaluators see of a trained method: batched, gradient-free embedding of either side, and
+    the method's pair scores. ``embed_*`` return ``[N, D]`` tensors or :class:`TokenFeatures`;
+    ``score(image_emb, text_emb)`` is the ``[N_images, N_texts]`` score matrix (higher = more alike),
+    computed in bounded blocks; ``cosine_scores`` is True when it is the cosine of pooled vectors."""
 
-    def embed_images(self, images: Any) -> torch.Tensor: ...
+    cosine_scores: bool
 
-    def embed_texts(self, texts: Any) -> torch.Tensor: ...
+    def embed_images(self, images: Any) -> Any: ...
+
+    def embed_texts(self, texts: Any) -> Any: ...
+
+    def score(self, image_emb: Any, text_emb: Any) -> torch.Tensor: ...
 
 
 @dataclass
@@ -84,10 +172,30 @@ class EvalContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
 
-    def embed(self, split: Split | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, split: Split | None = None) -> tuple[Any, Any]:
         """Embed every image and every text of ``split`` (default: the evaluated split) once."""
         split = self.split if split is None else split
         return self.model.embed_images(split.images), self.model.embed_texts(split.texts)
+
+    def cosine_scores(self, image_emb: Any, text_emb: Any) -> bool:
+        """Whether these embeddings are scored by the cosine of pooled vectors, so that evaluators may
+        use their fast pooled paths (models that do not say are taken to be cosine models)."""
+        pooled = not isinstance(image_emb, TokenFeatures) and not isinstance(text_emb, TokenFeatures)
+        return pooled and bool(getattr(self.model, "cosine_scores", True))
+
+    def scores(self, image_emb: Any, text_emb: Any) -> torch.Tensor:
+        """The method's ``[N_images, N_texts]`` pair scores: evaluators that compare images with texts
+        use these, never assuming a dot product (match-map methods score locations against tokens)."""
+        return self.model.score(image_emb, text_emb)
+
+    def pooled(self, split: Split | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`embed` for evaluators that need one vector per item (CCA, linear probes): a clear
+        error for methods whose encoders return token features."""
+        image, text = self.embed(split)
+        if isinstance(image, TokenFeatures) or isinstance(text, TokenFeatures):
+            raise ValueError("this evaluator needs pooled [N, D] embeddings; the method's encoders return "
+                             "token/location features (set the encoders' `pool`)")
+        return image, text
 
 
 class Evaluator:

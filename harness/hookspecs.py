@@ -34,8 +34,10 @@ def register_encoders(register):
     """Register encoders: ``register(name, factory)``.
 
     The factory builds a :class:`harness.components.Encoder` (a ``torch.nn.Module``) that maps one
-    modality's prepared batch to ``[B, D]`` (or ``[B, N, D]`` token/location features for grounding
-    methods) and exposes ``output_dim``, ``modality`` and ``prepare(raw_batch)``.
+    modality's prepared batch to a pooled ``[B, D]`` tensor, or to
+    :class:`harness.components.TokenFeatures` (``features [B, N, D]`` per location / token and a
+    boolean ``mask [B, N]``, True = real) for methods that score locations against tokens; it exposes
+    ``output_dim``, ``modality`` and ``prepare(raw_batch)``.
     """
 
 
@@ -45,8 +47,14 @@ def register_losses(register):
 
     The factory builds a ``torch.nn.Module`` called as ``loss(image_emb, text_emb, **extras)`` on two
     ``[B, D]`` tensors whose row i is a matching pair, returning a 0-dim tensor (its formula belongs in
-    the class docstring). Extras (``labels``, ``gaze``, ``negatives``…) are passed only if ``forward``
-    names them.
+    the class docstring). Extras (``labels``, ``gaze``, ``negatives``, ``heads``…) are passed only if
+    ``forward`` names them. With token features the loss gets ``[B, N, D]`` tensors, and
+    ``image_mask`` / ``text_mask`` when it names them.
+
+    Pair scores: a loss whose image–text score is not the cosine of pooled vectors defines
+    ``pair_scores(image, text) -> [N_images, N_texts]`` (``image``/``text`` as the encoders return
+    them); after training it becomes the method's score, which every evaluator comparing images with
+    texts uses (in bounded blocks, :func:`harness.model.blockwise_scores`).
     """
 
 
@@ -75,6 +83,18 @@ def register_datasets(register):
     The factory builds a :class:`harness.data.Dataset` whose ``split(name)`` returns aligned samples
     (images, captions, labels, and optional gaze maps, objects, relations) and whose ``info`` describes
     the vocabulary and classes.
+    """
+
+
+@hookspec
+def register_heads(register):
+    """Register task heads: ``register(name, factory)``.
+
+    The factory builds a trainable ``torch.nn.Module`` on top of encoder features for a structured
+    task (cross-attention grounding of object phrases, a bilinear relation module). A method lists its
+    heads (``heads: {relation: {name: bilinear-relation}}``); the runner builds them with the context
+    parameters, trains them with the encoders (``model.heads[key]``), hands them to a loss whose
+    ``forward`` names ``heads``, and evaluators find them on the trained model.
     """
 
 

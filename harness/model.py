@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from harness.components import TokenFeatures
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -29,22 +32,58 @@ def take(items: Any, index: np.ndarray) -> Any:
     return items[index]
 
 
+#: pair scores are computed in blocks of at most this many image × text pairs (bounded memory)
+SCORE_BLOCK_PAIRS = 1 << 18
+
+
+def cosine_scores(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """``[N_images, N_texts]`` cosine similarities of pooled embeddings (a zero vector scores 0)."""
+    return F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
+
+
+def blockwise_scores(score_fn: Callable[[Any, Any], torch.Tensor], image_emb: Any, text_emb: Any,
+                     block_pairs: int = SCORE_BLOCK_PAIRS) -> torch.Tensor:
+    """``score_fn`` over blocks of images × texts (rows of tensors or :class:`TokenFeatures`), assembled
+    into the ``[N_images, N_texts]`` matrix: only one block's intermediate values live at a time."""
+    n_img, n_txt = len(image_emb), len(text_emb)
+    text_block = min(max(n_txt, 1), 1024)
+    image_block = max(1, block_pairs // text_block)
+    out = None
+    for i0 in range(0, n_img, image_block):
+        for t0 in range(0, n_txt, text_block):
+            block = score_fn(image_emb[i0:i0 + image_block], text_emb[t0:t0 + text_block]).float()
+            if out is None:
+                out = torch.empty(n_img, n_txt, dtype=torch.float32, device=block.device)
+            out[i0:i0 + block.shape[0], t0:t0 + block.shape[1]] = block
+    return out if out is not None else torch.empty(n_img, n_txt)
+
+
 class DualEncoder(nn.Module):
-    """An image encoder and a text encoder trained jointly; ``forward`` embeds a prepared pair batch."""
+    """An image encoder and a text encoder trained jointly; ``forward`` embeds a prepared pair batch.
+
+    ``scorer`` (set by the runner from a loss that defines ``pair_scores``) replaces the cosine of
+    pooled vectors as the method's pair score; ``heads`` holds trainable task heads (relation
+    modules), trained and saved with the encoders."""
 
     def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, *, batch_size: int = 512,
                  device: torch.device | str = "cpu"):
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
+        self.heads = nn.ModuleDict()
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.scorer: Callable[[Any, Any], torch.Tensor] | None = None
 
-    def forward(self, images: Any, texts: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: Any, texts: Any) -> tuple[Any, Any]:
         return self.image_encoder(images), self.text_encoder(texts)
 
+    @property
+    def cosine_scores(self) -> bool:
+        return self.scorer is None
+
     @torch.no_grad()
-    def _embed(self, encoder: nn.Module, items: Any) -> torch.Tensor:
+    def _embed(self, encoder: nn.Module, items: Any) -> Any:
         was_training = encoder.training
         encoder.eval()
         chunks = []
@@ -55,13 +94,24 @@ class DualEncoder(nn.Module):
         encoder.train(was_training)
         if not chunks:
             return torch.empty(0, getattr(encoder, "output_dim", 0), device=self.device)
+        if isinstance(chunks[0], TokenFeatures):
+            return TokenFeatures.cat(chunks)
         return torch.cat(chunks)
 
-    def embed_images(self, images: Any) -> torch.Tensor:
+    def embed_images(self, images: Any) -> Any:
         return self._embed(self.image_encoder, images)
 
-    def embed_texts(self, texts: Any) -> torch.Tensor:
+    def embed_texts(self, texts: Any) -> Any:
         return self._embed(self.text_encoder, texts)
+
+    @torch.no_grad()
+    def score(self, image_emb: Any, text_emb: Any) -> torch.Tensor:
+        if self.scorer is None:
+            if isinstance(image_emb, TokenFeatures) or isinstance(text_emb, TokenFeatures):
+                raise ValueError("the encoders return token features but the method defines no pair "
+                                 "score (use a loss with pair_scores, e.g. matchmap, or pooled encoders)")
+            return blockwise_scores(cosine_scores, image_emb, text_emb)
+        return blockwise_scores(self.scorer, image_emb, text_emb)
 
 
 class EstimatorModel:
@@ -99,3 +149,8 @@ class EstimatorModel:
 
     def embed_texts(self, texts: Any) -> torch.Tensor:
         return self._project(1, self.features.embed_texts(texts))
+
+    cosine_scores = True
+
+    def score(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        return blockwise_scores(cosine_scores, image_emb, text_emb)

@@ -29,6 +29,7 @@ KINDS: dict[str, str] = {
     "evaluator": "register_evaluators",
     "dataset": "register_datasets",
     "estimator": "register_estimators",
+    "head": "register_heads",
 }
 
 #: parameters the runner fills in; users never write them in YAML

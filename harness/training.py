@@ -25,8 +25,8 @@ from harness.registry import Registry
 
 # --- gradient training ------------------------------------------------------------------------------
 
-#: extras that only a sampler supplies (never taken from the dataset)
-SAMPLER_EXTRAS = frozenset({"negatives"})
+#: extras that a sampler or the encoders' token features supply (never taken from the dataset)
+SAMPLER_EXTRAS = frozenset({"negatives", "image_mask", "text_mask"})
 
 
 def _loss_extras(loss: torch.nn.Module) -> list[str]:
@@ -189,6 +189,8 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
     finally:
         bar.close()
     model.eval()
+    if hasattr(loss_fn, "pair_scores"):  # the method's own pair score (match-map), for evaluation
+        model.scorer = loss_fn.pair_scores
     if checkpoint_path is not None:
         save_checkpoint(checkpoint_path, {"model": model.state_dict(), "loss": loss_fn.state_dict(),
                                           "sampler": sampler.state_dict(), "history": history})

@@ -90,6 +90,87 @@ class RecordingLoss(torch.nn.Module):
         return (image_emb - text_emb).pow(2).mean()
 
 
+class QuadrantTokens(torch.nn.Module):
+    """Image encoder with location features: the 4 quadrants' mean colours, projected ([B, 4, D])."""
+
+    modality = "image"
+
+    def __init__(self, embed_dim: int = 8):
+        super().__init__()
+        self.project = torch.nn.Linear(3, embed_dim)
+        self.output_dim = embed_dim
+
+    def prepare(self, raw):
+        return torch.as_tensor(np.asarray(raw)).float() / 255.0
+
+    def forward(self, images):
+        from harness.components import TokenFeatures
+        h, w = images.shape[-2] // 2, images.shape[-1] // 2
+        quads = [images[..., :h, :w], images[..., :h, w:], images[..., h:, :w], images[..., h:, w:]]
+        return TokenFeatures(self.project(torch.stack([q.mean((-1, -2)) for q in quads], 1)))
+
+
+class WordTokens(torch.nn.Module):
+    """Text encoder with token features: one embedding per word, padded, with a mask ([B, T, D])."""
+
+    modality = "text"
+
+    def __init__(self, embed_dim: int = 8, dataset_info=None):
+        super().__init__()
+        self.vocab = {w: i + 1 for i, w in enumerate(dataset_info.vocab)}
+        self.embed = torch.nn.Embedding(len(self.vocab) + 1, embed_dim, padding_idx=0)
+        self.output_dim = embed_dim
+
+    def prepare(self, raw):
+        ids = [[self.vocab.get(w, 0) for w in str(t).split()] for t in raw]
+        out = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
+        for i, row in enumerate(ids):
+            out[i, :len(row)] = torch.tensor(row)
+        return out
+
+    def forward(self, tokens):
+        from harness.components import TokenFeatures
+        return TokenFeatures(self.embed(tokens), tokens != 0)
+
+
+def max_mean_scores(image_feats, text_feats, text_mask):
+    """Naive match-map score: for each token its best location, averaged over real tokens."""
+    m = torch.einsum("ild,jtd->ijlt", image_feats, text_feats).amax(2)  # [Bi, Bt, T]
+    mask = text_mask.float()
+    return (m * mask).sum(-1) / mask.sum(-1)
+
+
+class MaxMeanLoss(torch.nn.Module):
+    """InfoNCE over the naive match-map score; records the masks it is given."""
+
+    masks: list = []
+
+    def forward(self, image_feats, text_feats, text_mask):
+        MaxMeanLoss.masks.append(text_mask.shape)
+        s = max_mean_scores(image_feats, text_feats, text_mask)
+        target = torch.arange(len(s))
+        return 0.5 * (torch.nn.functional.cross_entropy(s, target)
+                      + torch.nn.functional.cross_entropy(s.T, target))
+
+    def pair_scores(self, image, text):
+        return max_mean_scores(image.features, text.features, text.valid)
+
+
+class TokenMSE(torch.nn.Module):
+    """Squared distance of the mean token features; defines no pair score of its own."""
+
+    def forward(self, image_feats, text_feats):
+        return (image_feats.mean(1) - text_feats.mean(1)).pow(2).mean()
+
+
+class ScaleHead(torch.nn.Module):
+    """A toy task head: one learnable scale."""
+
+    def __init__(self, embed_dim: int = 8):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+
 class LeastSquares:
     """Closed-form toy: maps X onto the Y feature space by ridge least squares."""
 
@@ -146,6 +227,8 @@ def register_losses(register):
     register("slow-mse", SlowLoss)
     register("labelled", LabelledLoss)
     register("recorder", RecordingLoss)
+    register("max-mean", MaxMeanLoss)
+    register("token-mse", TokenMSE)
 
 
 @hookimpl
@@ -165,7 +248,13 @@ def register_evaluators(register):
 
 @hookimpl
 def register_encoders(register):
-    pass  # encoders come from the bundled plugin; this keeps the hook exercised by a second plugin
+    register("quadrant-tokens", QuadrantTokens)
+    register("word-tokens", WordTokens)
+
+
+@hookimpl
+def register_heads(register):
+    register("scale-head", ScaleHead)
 
 
 @hookimpl

@@ -14,7 +14,8 @@ import torch
 from harness import hookspecs
 from harness.components import EvalContext
 from harness.data import DatasetInfo, Split
-from harness_plugins import cca as cca_plugin
+import harness_plugins.cca as cca_plugin
+from harness_plugins.cca import estimators as cca_estimators, linalg as cca_linalg
 from harness_plugins.cca import (CanonicalCorrelationEvaluator, DCCAELoss, DCCALoss, KernelCCA, LinearCCA,
                                  LinearProbeEvaluator)
 
@@ -166,13 +167,14 @@ def independent_scaled_views(seed, n=100):
 
 def torch_everywhere(monkeypatch):
     """Send CPU inputs down the code path CUDA tensors take (torch linear algebra)."""
-    original = cca_plugin._as_arrays
+    original = cca_linalg._as_arrays
 
     def patched(*arrays):
         out, kind = original(*arrays)
         return [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in out], kind
 
-    monkeypatch.setattr(cca_plugin, "_as_arrays", patched)
+    for module in (cca_linalg, cca_estimators):  # every module that calls it
+        monkeypatch.setattr(module, "_as_arrays", patched)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
@@ -243,18 +245,18 @@ def test_whitener_uses_cholesky_only_when_safely_full_rank():
     rng = np.random.default_rng(3)
     X = rng.standard_normal((200, 6))
     S = np.cov(X, rowvar=False)
-    A = cca_plugin._whitener(S, 0.0)
+    A = cca_linalg._whitener(S, 0.0)
     assert A.shape == (6, 6)
     np.testing.assert_allclose(A.T @ S @ A, np.eye(6), atol=1e-12)
     np.testing.assert_allclose(np.tril(A, -1), 0.0)  # L⁻ᵀ is upper triangular: the Cholesky path
     # A duplicated column makes S singular: Cholesky may even succeed on the rounding noise, but the
     # trace bound sends it to the pseudo-inverse square root, which drops the null direction.
     S_singular = np.cov(np.column_stack([X, X[:, 0]]), rowvar=False)
-    A = cca_plugin._whitener(S_singular, 0.0)
+    A = cca_linalg._whitener(S_singular, 0.0)
     assert A.shape == (7, 6)
     np.testing.assert_allclose(A.T @ S_singular @ A, np.eye(6), atol=1e-10)
     # ... and a ridge makes it full rank again.
-    A = cca_plugin._whitener(S_singular, 0.5)
+    A = cca_linalg._whitener(S_singular, 0.5)
     assert A.shape == (7, 7)
     np.testing.assert_allclose(A.T @ (S_singular + 0.5 * np.eye(7)) @ A, np.eye(7), atol=1e-12)
 
@@ -372,7 +374,7 @@ def test_out_of_sample_transform_is_blockwise_and_row_independent(views, monkeyp
     X, Y, Xt, Yt = views
     model = KernelCCA(k=3).fit(X, Y)
     full = model.transform_x(Xt)
-    monkeypatch.setattr(cca_plugin, "_BLOCK_ELEMENTS", 7 * X.shape[0])  # blocks of 7 rows
+    monkeypatch.setattr(cca_estimators, "_BLOCK_ELEMENTS", 7 * X.shape[0])  # blocks of 7 rows
     np.testing.assert_allclose(model.transform_x(Xt), full, atol=1e-12)
     np.testing.assert_allclose(model.transform_x(Xt[5:9]), full[5:9], atol=1e-12)
     # Training points projected out of sample reproduce the fitted (regularised) canonical correlations.

@@ -13,7 +13,7 @@ from harness.data import DatasetInfo
 from harness.registry import default_registry
 from harness_plugins import cca as cca_plugin
 from harness_plugins.cca import DCCAELoss, DCCALoss
-from harness_plugins.encoders import Identity
+from harness_plugins.encoders.small import Identity
 
 
 def numpy_total_correlation(H1, H2, reg):

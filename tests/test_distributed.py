@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 def loss_cases():
-    from harness_plugins import losses as L
+    from harness_plugins.contrastive import losses as L
     return {
         "infonce": lambda: L.InfoNCE(0.1),
         "infonce-learnable": lambda: L.InfoNCE(0.1, learnable_temperature=True).double(),
@@ -75,7 +75,7 @@ def value_and_grads(fn, x, y):
 
 def moco_run(rows: slice | None):
     """Two MoCo steps (no optimizer) on the given rows; returns step 2's loss and the queues."""
-    from harness_plugins import losses as L, samplers as S
+    from harness_plugins.contrastive import losses as L, samplers as S
     *_, batches = data()
     model, loss = Linear2(), L.InfoNCE(0.1)
     sampler = S.MoCo(size=12, momentum=0.9, in_batch=True)
@@ -91,7 +91,7 @@ def moco_run(rows: slice | None):
 
 def _worker(rank: int, port: int) -> None:
     from harness import distributed as hd
-    from harness_plugins import losses as L, samplers as S
+    from harness_plugins.contrastive import losses as L, samplers as S
 
     x, y, pool, keys, per_anchor, _ = data()
     start = sum(ROWS[:rank])

@@ -46,7 +46,7 @@ def test_hook_register_encoders():
 
 def test_hook_register_losses():
     assert set(_registered_by("register_losses", "harness_test_plugin")) == {
-        "nan-loss", "exploding", "slow-mse", "labelled", "recorder"}
+        "nan-loss", "exploding", "slow-mse", "labelled", "recorder", "max-mean", "token-mse"}
 
 
 def test_hook_register_samplers():
@@ -63,6 +63,13 @@ def test_hook_register_datasets():
     registry = load_plugins(["harness_test_plugin"])
     dataset = registry.create("dataset", "toy", size=16)
     assert len(dataset.split("train")) == 16
+
+
+def test_hook_register_heads():
+    registry = load_plugins(["harness_test_plugin"])
+    assert "scale-head" in registry.available("head")["head"]
+    head = registry.create("head", "scale-head")
+    assert [n for n, _ in head.named_parameters()] == ["scale"]
 
 
 def test_hook_register_estimators():

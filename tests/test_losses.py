@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses as pml_losses, miners, reducers, regularizers
 
-from harness_plugins import losses as L
-from harness_plugins.losses import Negatives
+from harness_plugins.contrastive import losses as L
+from harness_plugins.contrastive.losses import Negatives
 
 B, D = 7, 5
 F64 = torch.float64

@@ -12,8 +12,8 @@ from sklearn.datasets import load_digits
 
 from harness import hookspecs
 from harness.data import Dataset
-from harness_plugins import noisy_digits as plugin
-from harness_plugins.noisy_digits import NoisyDigits
+from harness_plugins.datasets import noisy_digits as plugin
+from harness_plugins.datasets.noisy_digits import NoisyDigits
 
 SPLITS = ("train", "val", "test")
 

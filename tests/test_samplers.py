@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from harness.components import Sampler
-from harness_plugins import losses as L
-from harness_plugins import samplers as S
+from harness_plugins.contrastive import losses as L
+from harness_plugins.contrastive import samplers as S
 
 IMAGE_DIM, TEXT_DIM, EMBED = 6, 5, 4
 F64 = torch.float64

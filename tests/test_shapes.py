@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from harness.data import Dataset, Split
-from harness_plugins import shapes
-from harness_plugins.shapes import (COLOR_RGB, COLORS, RELATIONS, SHAPES, SIZES, ShapesDataset,
+from harness_plugins.datasets import shapes
+from harness_plugins.datasets.shapes import (COLOR_RGB, COLORS, RELATIONS, SHAPES, SIZES, ShapesDataset,
                                     clear_memory_cache, generate_split)
 
 N = 600  # spans more than two generator chunks

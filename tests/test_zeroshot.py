@@ -8,7 +8,7 @@ import harness
 from harness.components import EvalContext
 from harness.data import DatasetInfo, Split
 from harness.runner import run
-from harness_plugins.zeroshot import ZeroShot, nearest_label, zero_shot_accuracy
+from harness_plugins.evaluators.zeroshot import ZeroShot, nearest_label, zero_shot_accuracy
 
 NAMES = ["red circle", "blue square", "green cross", "red square"]
 

@@ -8,11 +8,12 @@ import numpy as np
 
 from harness import hookimpl
 from harness.components import EvalContext, Evaluator
-from harness.metrics import retrieval_metrics
+from harness.metrics import retrieval_metrics, retrieval_metrics_from_scores
 
 
 class Retrieval(Evaluator):
-    """Image↔text retrieval: R@k, median and mean rank both ways, and rsum (cosine similarity)."""
+    """Image↔text retrieval: R@k, median and mean rank both ways, and rsum (the method's pair scores:
+    cosine similarity of pooled embeddings, or its own, e.g. match-map)."""
 
     lower_is_better = frozenset({"i2t_medr", "t2i_medr", "i2t_meanr", "t2i_meanr"})
     units = {"*R@*": "%", "rsum": "%"}
@@ -29,7 +30,10 @@ class Retrieval(Evaluator):
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         image_emb, text_emb = context.embed()  # each side embedded once, batched, without gradients
-        return retrieval_metrics(image_emb, text_emb, context.split.text_to_image, ks=self.ks)
+        if context.cosine_scores(image_emb, text_emb):  # one chunked pass, never the whole matrix in memory
+            return retrieval_metrics(image_emb, text_emb, context.split.text_to_image, ks=self.ks)
+        return retrieval_metrics_from_scores(context.scores(image_emb, text_emb),
+                                             context.split.text_to_image, ks=self.ks)
 
     def chance(self, context: EvalContext) -> dict[str, float]:
         """Expected values for scores that rank items uniformly at random (ties aside)."""

@@ -1,7 +1,7 @@
 """Samplers: which negatives a loss sees (in-batch, a MoCo queue, a re-ranked pool).
 
 How negatives reach a loss: a sampler calls ``loss(image_emb, text_emb, negatives=Negatives(...),
-**extras)`` (:class:`harness_plugins.losses.Negatives`), so the loss keeps its own formula and
+**extras)`` (:class:`harness_plugins.contrastive.losses.Negatives`), so the loss keeps its own formula and
 temperature (a learnable one included) and the sampler only decides *which* embeddings it scores.
 A loss can take sampler negatives iff its ``forward`` has a ``negatives`` parameter; ``check_loss``
 rejects any other loss (``devise``, which scores against label embeddings) before training starts.
@@ -20,9 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import hookimpl
-from harness.components import Sampler
+from harness.components import Sampler, TokenFeatures
 from harness.distributed import all_gather, all_gather_with_offset
-from harness_plugins.losses import Negatives
+from harness_plugins.contrastive.losses import Negatives
+
+
+def _require_pooled(sampler: Sampler, image_emb, text_emb) -> None:
+    if isinstance(image_emb, TokenFeatures) or isinstance(text_emb, TokenFeatures):
+        raise ValueError(f"sampler {type(sampler).__name__} keeps pooled [B, D] embeddings; this method's "
+                         "encoders return token features")
 
 
 class InBatch(Sampler):
@@ -163,6 +169,7 @@ class MoCo(_MemorySampler):
         self.in_batch = bool(in_batch)
 
     def compute_loss(self, loss, model, batch, image_emb, text_emb, extras):
+        _require_pooled(self, image_emb, text_emb)
         key_image, key_text = self._keys(model, batch)
         self._pending_keys = (key_image, key_text)
         negatives = Negatives(text=self.text_queue.rows(), image=self.image_queue.rows(),
@@ -211,6 +218,7 @@ class Rerank(_MemorySampler):
         return pool[index]  # [B, n, D]
 
     def compute_loss(self, loss, model, batch, image_emb, text_emb, extras):
+        _require_pooled(self, image_emb, text_emb)
         key_image = key_text = None
         if self.momentum is not None:
             key_image, key_text = self._keys(model, batch)

@@ -20,8 +20,10 @@ def nearest_label(image_emb: torch.Tensor, label_emb: torch.Tensor) -> torch.Ten
 
 
 def zero_shot_accuracy(image_emb: torch.Tensor, label_emb: torch.Tensor, labels: Any,
-                       is_holdout: Any = None, seen_classes: Any = None) -> dict[str, float]:
-    """Top-1 accuracy (in %) of :func:`nearest_label` against ``labels`` ([N] class indices).
+                       is_holdout: Any = None, seen_classes: Any = None,
+                       predicted: torch.Tensor | None = None) -> dict[str, float]:
+    """Top-1 accuracy (in %) of :func:`nearest_label` (or of given ``predicted`` class indices, from a
+    method's own pair scores) against ``labels`` ([N] class indices).
 
     ``top1`` covers every image with a label (≥ 0). With a boolean ``is_holdout`` [N],
     ``top1_holdout`` covers the images marked True and ``top1_seen`` the others. With
@@ -31,7 +33,7 @@ def zero_shot_accuracy(image_emb: torch.Tensor, label_emb: torch.Tensor, labels:
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if len(labels) != len(image_emb):
         raise ValueError(f"{len(image_emb)} image embeddings but {len(labels)} labels")
-    predicted = nearest_label(image_emb, label_emb).cpu()
+    predicted = (nearest_label(image_emb, label_emb) if predicted is None else predicted).cpu()
     correct = (predicted == labels).double()
     has_label = labels >= 0
     subsets = {"top1": has_label}
@@ -79,8 +81,11 @@ class ZeroShot(Evaluator):
         label_emb = context.model.embed_texts([self.template.format(n) for n in names])
         image_emb = context.model.embed_images(split.images)
         train_labels = context.train_split.extras.get("labels")
+        # the method's own pair scores when it has them (match-map); cosine of pooled vectors otherwise
+        predicted = None if context.cosine_scores(image_emb, label_emb) else \
+            context.scores(image_emb, label_emb).argmax(dim=1)
         return zero_shot_accuracy(image_emb, label_emb, split.extras["labels"],
-                                  split.extras.get("is_holdout"), train_labels)
+                                  split.extras.get("is_holdout"), train_labels, predicted=predicted)
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""Pure metric functions: tensors or arrays in, plain python numbers out, no model needed.
+"""Retrieval metrics: recall at k and rank statistics, from embeddings (cosine) or from a score matrix.
 
 Evaluators call these; tests check them against naive float64 computations.
 """
@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["retrieval_metrics", "retrieval_ranks", "DEFAULT_CHUNK_BYTES"]
+__all__ = ["retrieval_metrics", "retrieval_metrics_from_scores", "retrieval_ranks", "tie_tolerance",
+           "DEFAULT_CHUNK_BYTES"]
 
 # Working memory of one row chunk (similarity block + comparison buffer).  Big enough that the
 # GEMM runs at full speed, small enough to be harmless next to a model on a GPU.
@@ -250,3 +251,74 @@ def retrieval_metrics(
         out[f"{name}_meanr"] = float(np.mean(ranks))
     out["rsum"] = float(sum(out[f"{name}_R@{k}"] for name in ("i2t", "t2i") for k in ks))
     return out
+
+
+def tie_tolerance(dtype: torch.dtype, dim: int, device: torch.device | str = "cpu") -> float:
+    """The tie band :func:`retrieval_metrics` uses for cosine scores of ``dim``-dimensional vectors."""
+    tol = _TIE_EPS_FACTOR * torch.finfo(dtype).eps * math.sqrt(dim)
+    if dtype == torch.float32:
+        tol += 4.0 * _matmul_unit_roundoff(torch.device(device))
+    return tol
+
+
+def _metrics_from_ranks(i2t: np.ndarray, t2i: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+        for k in ks:
+            out[f"{name}_R@{k}"] = float(100.0 * np.mean(ranks <= k))
+    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+        out[f"{name}_medr"] = float(np.median(ranks))
+        out[f"{name}_meanr"] = float(np.mean(ranks))
+    out["rsum"] = float(sum(out[f"{name}_R@{k}"] for name in ("i2t", "t2i") for k in ks))
+    return out
+
+
+def retrieval_metrics_from_scores(scores, text_to_image, ks: Sequence[int] = (1, 5, 10),
+                                  tol: float | None = None) -> dict[str, float]:
+    """:func:`retrieval_metrics` from a full ``[n_images, n_texts]`` score matrix (higher = more alike),
+    for methods whose pair score is not the cosine of pooled vectors (match-map grounding).
+
+    Same metrics and the same tie rule: rank = 1 + #{incorrect items scoring ≥ s − tol}, s the correct
+    item's score (for image→text the best of the image's captions). ``tol`` defaults to
+    ``2·eps(dtype)·max(1, max|scores|)`` (relative to the scores' scale); with the ``tol`` that
+    :func:`retrieval_metrics` uses (:func:`tie_tolerance`) on the cosine matrix the two agree exactly.
+    Works through row blocks, so the extra memory is one block.
+    """
+    s = _to_tensor(scores, "scores")
+    if s.ndim != 2 or 0 in s.shape:
+        raise ValueError(f"scores must be a non-empty [n_images, n_texts] matrix, got {tuple(s.shape)}")
+    dtype = torch.float64 if s.dtype == torch.float64 else torch.float32
+    s = s.to(dtype)
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError("scores contain NaN or infinite values")
+    n_img, n_txt = s.shape
+    idx = _to_tensor(text_to_image, "text_to_image")
+    if idx.ndim != 1 or idx.shape[0] != n_txt or idx.dtype.is_floating_point or idx.dtype == torch.bool:
+        raise ValueError(f"text_to_image must hold one integer image index per text ({n_txt}), "
+                         f"got {tuple(idx.shape)} {idx.dtype}")
+    idx = idx.to(device=s.device, dtype=torch.int64)
+    if int(idx.min()) < 0 or int(idx.max()) >= n_img:
+        raise ValueError(f"text_to_image values must lie in [0, {n_img - 1}]")
+    ks = tuple(dict.fromkeys(int(k) for k in ks))
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive ints, got {ks!r}")
+    if tol is None:
+        tol = _TIE_EPS_FACTOR * torch.finfo(dtype).eps * max(1.0, float(s.abs().max()))
+
+    cols = torch.arange(n_txt, device=s.device)
+    positive = s[idx, cols]  # each text's score with its own image
+    thr_col = positive - tol
+    t2i_count = torch.zeros(n_txt, dtype=torch.float64, device=s.device)
+    i2t = []
+    rows = max(1, DEFAULT_CHUNK_BYTES // (2 * n_txt * torch.finfo(dtype).bits // 8))
+    for r0 in range(0, n_img, rows):
+        block = s[r0:r0 + rows]
+        own = idx.unsqueeze(0) == torch.arange(r0, r0 + len(block), device=s.device).unsqueeze(1)
+        t2i_count += ((block >= thr_col) & ~own).sum(0, dtype=torch.float64)
+        best = torch.where(own, block, torch.full_like(block, -math.inf)).amax(1)
+        has = own.any(1)
+        above = ((block >= (best - tol).unsqueeze(1)) & ~own).sum(1)
+        i2t.append((above + 1)[has])
+    i2t_ranks = torch.cat(i2t).cpu().numpy().astype(np.int64)
+    t2i_ranks = t2i_count.cpu().numpy().astype(np.int64) + 1
+    return _metrics_from_ranks(i2t_ranks, t2i_ranks, ks)

@@ -1,0 +1,3 @@
+"""Match-map scores of image locations against caption tokens (grounding family)."""
+
+__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""The contrastive / ranking family: in-batch losses (``losses``) and negative samplers (``samplers``)."""

@@ -1,0 +1,1 @@
+"""Encoder plugins: small CPU encoders and fixed feature extractors (``small``)."""

@@ -1,0 +1,1 @@
+"""Evaluators shared by every family: retrieval and zero-shot classification."""
