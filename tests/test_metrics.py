@@ -268,7 +268,7 @@ def test_reduced_precision_matmul_widens_the_tie_tolerance(monkeypatch):
     # the same process may read them with the legacy API, which then raises).
     import types
 
-    import harness.metrics as hm
+    import harness.metrics.retrieval as hm
 
     assert hm._matmul_unit_roundoff(torch.device("cpu")) == 0.0
     monkeypatch.setattr(torch.backends.cuda, "matmul", types.SimpleNamespace(fp32_precision="tf32"))
