@@ -127,8 +127,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{args.file}: ok — {len(spec.methods)} method(s) × {len(spec.seeds)} seed(s) = "
               f"{len(jobs)} run(s) on dataset {spec.dataset.name!r}")
         for m in spec.methods:
-            objective = f"loss {m.loss.name}" if m.loss else f"estimator {m.estimator.name}"
+            if m.stages:
+                objective = "stages " + " → ".join(f"{st.name} (loss {st.loss.name})" for st in m.stages)
+            else:
+                objective = f"loss {m.loss.name}" if m.loss else f"estimator {m.estimator.name}"
             sampler = f", sampler {m.sampler.name}" if m.sampler else ""
+            sampler += "".join(f", head {key}: {comp.name}" for key, comp in m.heads.items())
             print(f"  {m.name}: {m.encoders.image.name} + {m.encoders.text.name}, {objective}{sampler}")
         return 0
 

@@ -66,8 +66,22 @@ class EncodersSpec(BaseModel):
     text: ComponentSpec | None = None
 
 
+class StageSpec(BaseModel):
+    """One stage of a method trained in stages (pretrain, then fine-tune): its own loss (and sampler),
+    train settings over the method's (``train: {epochs: 3, lr: 1.0e-4}``) and the parts it keeps
+    fixed (``freeze``: parameter-name prefixes such as ``image_encoder.features`` or ``text_encoder``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=SAFE_NAME)
+    loss: ComponentSpec
+    sampler: ComponentSpec | None = None
+    train: dict[str, Any] = {}
+    freeze: list[str] = []
+
+
 class MethodSpec(BaseModel):
-    """One method of a benchmark: gradient-trained (``loss``) or closed-form (``estimator``)."""
+    """One method of a benchmark: gradient-trained (``loss``, or ``stages`` of losses) or closed-form
+    (``estimator``). ``heads`` are trainable task heads (relation modules) trained with the encoders."""
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=SAFE_NAME)
@@ -76,23 +90,53 @@ class MethodSpec(BaseModel):
     loss: ComponentSpec | None = None
     sampler: ComponentSpec | None = None
     estimator: ComponentSpec | None = None
+    heads: dict[str, ComponentSpec] = {}
+    stages: list[StageSpec] | None = None
     train: TrainSpec = TrainSpec()
 
     @model_validator(mode="after")
     def _one_objective(self) -> "MethodSpec":
-        if (self.loss is None) == (self.estimator is None):
-            raise ValueError("a method needs exactly one of 'loss' (gradient-trained) or "
-                             "'estimator' (closed-form)")
+        objectives = sum(x is not None for x in (self.loss, self.estimator, self.stages))
+        if objectives != 1:
+            raise ValueError("a method needs exactly one of 'loss' (gradient-trained), 'stages' (trained "
+                             "in stages, each with its loss) or 'estimator' (closed-form)")
         if self.sampler is not None and self.loss is None:
-            raise ValueError("'sampler' needs a 'loss'")
+            raise ValueError("'sampler' needs a 'loss' (in stages, give each stage its sampler)")
         if self.encoders.image is None or self.encoders.text is None:
             raise ValueError("'encoders' needs both 'image' and 'text' (set them in 'defaults' or "
                              "the method)")
+        if self.estimator is not None and self.heads:
+            raise ValueError("'heads' are trained: a closed-form method (estimator) cannot have them")
+        if self.stages is not None:
+            if not self.stages:
+                raise ValueError("'stages' needs at least one stage")
+            names = [stage.name for stage in self.stages]
+            if len(set(names)) != len(names):
+                raise ValueError(f"stage names must be unique, got {names}")
+            for stage in self.stages:
+                try:
+                    self.stage_train(stage)
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    raise ValueError(f"stage {stage.name!r}: train.{'.'.join(map(str, err['loc']))}: "
+                                     f"{err['msg']}") from None
         return self
 
     @property
     def kind(self) -> str:
-        return "gradient" if self.loss is not None else "closed-form"
+        return "closed-form" if self.estimator is not None else "gradient"
+
+    def stage_train(self, stage: StageSpec) -> TrainSpec:
+        """A stage's train settings: the method's, overridden by the stage's own."""
+        return TrainSpec.model_validate({**self.train.model_dump(), **stage.train})
+
+    def stage_list(self) -> list[StageSpec]:
+        """The stages to train, in order: one stage named ``train`` for a method with a single loss."""
+        if self.stages is not None:
+            return list(self.stages)
+        if self.loss is None:
+            return []
+        return [StageSpec(name="train", loss=self.loss, sampler=self.sampler)]
 
 
 class PartialComponentSpec(ComponentSpec):
@@ -116,6 +160,8 @@ class DefaultsSpec(BaseModel):
     loss: PartialComponentSpec | None = None
     sampler: PartialComponentSpec | None = None
     estimator: PartialComponentSpec | None = None
+    heads: dict[str, PartialComponentSpec] | None = None
+    stages: list[StageSpec] | None = None
     train: TrainSpec | None = None  # every TrainSpec field has a default: a partial one validates
 
 

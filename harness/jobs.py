@@ -76,8 +76,12 @@ def components_of(spec: BenchmarkSpec, method: MethodSpec) -> list[tuple[str, Co
     """Every component one method's run uses: ``(kind, spec)`` pairs."""
     parts = [("dataset", spec.dataset), ("encoder", method.encoders.image),
              ("encoder", method.encoders.text)]
-    parts += [(kind, comp) for kind, comp in (("loss", method.loss), ("sampler", method.sampler),
-                                               ("estimator", method.estimator)) if comp is not None]
+    for stage in method.stage_list():
+        parts += [(kind, comp) for kind, comp in (("loss", stage.loss), ("sampler", stage.sampler))
+                  if comp is not None]
+    if method.estimator is not None:
+        parts.append(("estimator", method.estimator))
+    parts += [("head", comp) for comp in method.heads.values()]
     parts += [("evaluator", comp) for comp in spec.evaluators]
     return parts
 

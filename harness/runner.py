@@ -101,15 +101,18 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         encoders = DualEncoder(
             _build(registry, "encoder", spec.encoders.image, {**context, "modality": "image"}),
             _build(registry, "encoder", spec.encoders.text, {**context, "modality": "text"}),
-            batch_size=spec.train.eval_batch_size, device=device).to(device)
-        if spec.loss is not None:
+            batch_size=spec.train.eval_batch_size, device=device)
+        for key, comp in spec.heads.items():  # trainable task heads, trained and saved with the encoders
+            encoders.heads[key] = _build(registry, "head", comp, context)
+        encoders.to(device)
+        if spec.kind == "gradient":
             model = encoders
             every = spec.train.val_every if "val" in job.eval_splits else 0
 
-            def validate_epoch(epoch: int) -> dict[str, float | None]:
+            def validate_epoch(epoch: int, last: bool) -> dict[str, float | None]:
                 # the val curve: the same evaluators, on val, every `val_every` epochs (not the last:
                 # the final scores are recorded after training)
-                if not every or (epoch + 1) % every or epoch + 1 == spec.train.epochs:
+                if not every or (epoch + 1) % every or last:
                     return {}
                 return evaluate(job, registry, model, dataset, "val", device).metrics
 

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.components import Sampler
-from harness.config import TrainSpec
+from harness.config import StageSpec, TrainSpec
 from harness.data import Dataset, Split
 from harness.errors import HarnessError
 from harness.jobs import Diverged, Job, _build
@@ -77,6 +77,10 @@ def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np
     for name in extras_wanted:
         if name in ("images", "texts"):  # the prepared inputs, e.g. for reconstruction losses
             extras[name] = batch[name]
+        elif name == "model":  # the DualEncoder, e.g. to embed object phrases with its text encoder
+            extras[name] = model
+        elif name == "heads":  # the method's trainable task heads (model.heads)
+            extras[name] = model.heads
         elif name == "label_emb":
             labels_in = model.text_encoder.prepare(class_names)
             extras[name] = model.text_encoder(to_device(labels_in, device))
@@ -88,23 +92,78 @@ def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np
 def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset, registry: Registry,
                    context: dict[str, Any], device: torch.device, *, progress: bool = True,
                    notify: Callable[..., None] | None = None,
-                   epoch_metrics: Callable[[int], dict[str, Any]] | None = None,
+                   epoch_metrics: Callable[[int, bool], dict[str, Any]] | None = None,
                    checkpoint_path: str | Path | None = None) -> list[dict[str, Any]]:
-    """Train ``model`` with the job's loss (and sampler) and return the per-epoch history; after each
-    epoch, ``epoch_metrics(epoch)`` (validation scores, say) is added to that epoch's entry."""
+    """Train ``model`` with the job's loss (and sampler), or stage by stage with each stage's loss,
+    settings and frozen parts, and return the per-epoch history (epochs numbered across stages; each
+    entry names its stage when the method has stages). After each epoch, ``epoch_metrics(epoch,
+    last)`` (validation scores, say) is added to that epoch's entry. The last stage whose loss defines
+    ``pair_scores`` gives the method its pair score."""
     spec = job.spec
-    train = spec.train
-    loss_fn = _build(registry, "loss", spec.loss, context).to(device)
-    sampler = _build(registry, "sampler", spec.sampler, context) if spec.sampler else Sampler()
+    stages = spec.stage_list()
+    history: list[dict[str, Any]] = []
+    states: dict[str, dict[str, Any]] = {}
+    for k, stage in enumerate(stages):
+        train = spec.stage_train(stage)
+        frozen = freeze(model, stage.freeze)
+        try:
+            loss_fn, sampler = _train_stage(
+                job, k, stage, train, model, split, dataset, registry, context, device, history,
+                frozen=frozen, named=spec.stages is not None, progress=progress, notify=notify,
+                epoch_metrics=epoch_metrics, last_stage=k == len(stages) - 1)
+        finally:
+            for module, flags in frozen:  # later stages may train what this one kept fixed
+                for param, flag in zip(module.parameters(), flags):
+                    param.requires_grad_(flag)
+        states[stage.name] = {"loss": loss_fn.state_dict(), "sampler": sampler.state_dict()}
+    model.eval()
+    if checkpoint_path is not None:
+        if spec.stages is None:
+            state = {"model": model.state_dict(), **states["train"], "history": history}
+        else:
+            state = {"model": model.state_dict(), "stages": states, "history": history}
+        save_checkpoint(checkpoint_path, state)
+    return history
+
+
+def freeze(model: torch.nn.Module, prefixes: list[str]) -> list[tuple[torch.nn.Module, list[bool]]]:
+    """Fix the parameters of every module named by a prefix (``image_encoder.features``): no gradient,
+    and eval mode so that batch-norm statistics do not move either. Returns the modules with their
+    previous ``requires_grad`` flags."""
+    modules = dict(model.named_modules())
+    frozen = []
+    for prefix in prefixes:
+        module = modules.get(prefix)
+        if module is None:
+            parts = sorted(n for n in modules if n and n.count(".") < 2)
+            raise ValueError(f"freeze: the model has no part named {prefix!r}; parts: {', '.join(parts)}")
+        frozen.append((module, [p.requires_grad for p in module.parameters()]))
+        module.requires_grad_(False)
+    return frozen
+
+
+def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: DualEncoder, split: Split,
+                 dataset: Dataset, registry: Registry, context: dict[str, Any], device: torch.device,
+                 history: list[dict[str, Any]], *, frozen: list, named: bool, progress: bool,
+                 notify: Callable[..., None] | None,
+                 epoch_metrics: Callable[[int, bool], dict[str, Any]] | None,
+                 last_stage: bool) -> tuple[torch.nn.Module, Sampler]:
+    """One stage: its loss and sampler, optimizer and schedule, ``train.epochs`` epochs appended to
+    ``history``. The first stage draws batches from the job's seed exactly as a single-loss run does."""
+    loss_fn = _build(registry, "loss", stage.loss, context).to(device)
+    sampler = _build(registry, "sampler", stage.sampler, context) if stage.sampler else Sampler()
     sampler.check_loss(loss_fn)
     sampler.setup(model, loss_fn)
+    if hasattr(loss_fn, "pair_scores"):  # the method's own pair score (match-map), also for val curves
+        model.scorer = loss_fn.pair_scores
     extras_wanted = _loss_extras(loss_fn)
     class_names = list(dataset.info.class_names)
     model_params = [p for p in model.parameters() if p.requires_grad]
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
     params = model_params + loss_params
     if not params:
-        raise HarnessError("nothing to train: the encoders and the loss have no trainable parameters")
+        raise HarnessError("nothing to train: the encoders and the loss have no trainable parameters"
+                           + (f" in stage {stage.name!r}" if named else ""))
     optimizer = make_optimizer(model_params, loss_params, train)
 
     texts_of_image = split.texts_of_image()
@@ -117,8 +176,9 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
     steps_per_epoch = max(1, len(trainable) // batch_size)  # drop the ragged last batch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps_per_epoch, train))
-    order_rng = torch.Generator().manual_seed(job.seed)
-    caption_rng = np.random.default_rng(job.seed)
+    stage_seed = job.seed if k == 0 else int(np.random.default_rng([job.seed, k]).integers(2**62))
+    order_rng = torch.Generator().manual_seed(stage_seed)
+    caption_rng = np.random.default_rng(stage_seed)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                               enabled=train.precision == "bf16")
 
@@ -126,8 +186,7 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
         # one random caption of each image per step: every caption is seen across epochs
         return flat_texts[offsets[index] + (caption_rng.random(len(index)) * counts[index]).astype(int)]
 
-    def batch_loss(index: np.ndarray, captions: np.ndarray
-                   ) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+    def batch_loss(index: np.ndarray, captions: np.ndarray) -> tuple[torch.Tensor, dict, Any, Any]:
         batch, extras = make_batch(model, split, index, captions, extras_wanted, class_names, device)
         with autocast:
             image_emb, text_emb = model(batch["images"], batch["texts"])
@@ -136,12 +195,19 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
             raise Diverged(f"non-finite loss {loss.item()}")
         return loss, batch, image_emb, text_emb
 
-    history = []
-    bar = tqdm(total=train.epochs * steps_per_epoch, desc=f"{job.name} seed={job.seed}",
-               unit="step", leave=False, disable=not progress, file=sys.stderr)
-    model.train()
+    def train_mode() -> None:
+        model.train()
+        for module, _ in frozen:  # frozen parts keep their batch-norm statistics too
+            module.eval()
+
+    where = f"stage {stage.name}, " if named else ""
+    bar = tqdm(total=train.epochs * steps_per_epoch, desc=f"{job.name} seed={job.seed}"
+               + (f" {stage.name}" if named else ""), unit="step", leave=False, disable=not progress,
+               file=sys.stderr)
+    train_mode()
     try:
-        for epoch in range(train.epochs):
+        for stage_epoch in range(train.epochs):
+            epoch = len(history)
             t_epoch, losses = time.perf_counter(), []
             perm = torch.randperm(len(trainable), generator=order_rng).numpy()
             for step in range(steps_per_epoch):
@@ -163,7 +229,7 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
                 try:
                     loss, batch, image_emb, text_emb = batch_loss(index, captions)
                 except Diverged as exc:
-                    raise Diverged(f"{exc} at epoch {epoch}, step {step}") from None
+                    raise Diverged(f"{exc} at {where}epoch {epoch}, step {step}") from None
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if train.grad_clip is not None:
@@ -177,24 +243,20 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
                     bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
             logs = {"epoch": epoch, "loss": float(np.mean(losses)),
                     "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch}
+            if named:
+                logs["stage"] = stage.name
             if not math.isfinite(logs["loss"]):
-                raise Diverged(f"non-finite loss at epoch {epoch}")
+                raise Diverged(f"non-finite loss at {where}epoch {epoch}")
             if epoch_metrics is not None:
                 model.eval()
-                logs.update(epoch_metrics(epoch))
-                model.train()
+                logs.update(epoch_metrics(epoch, last_stage and stage_epoch == train.epochs - 1))
+                train_mode()
             history.append(logs)
             if notify is not None:
                 notify("on_epoch_end", job=job, epoch=epoch, logs=dict(logs))
     finally:
         bar.close()
-    model.eval()
-    if hasattr(loss_fn, "pair_scores"):  # the method's own pair score (match-map), for evaluation
-        model.scorer = loss_fn.pair_scores
-    if checkpoint_path is not None:
-        save_checkpoint(checkpoint_path, {"model": model.state_dict(), "loss": loss_fn.state_dict(),
-                                          "sampler": sampler.state_dict(), "history": history})
-    return history
+    return loss_fn, sampler
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

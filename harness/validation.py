@@ -13,7 +13,7 @@ from harness.errors import ConfigError, HarnessError, did_you_mean
 from harness.jobs import get_dataset
 from harness.model import DualEncoder
 from harness.registry import PluginImportError, Registry, load_plugins
-from harness.training import DRY_RUN_SAMPLES, dry_run
+from harness.training import DRY_RUN_SAMPLES, dry_run, freeze
 
 
 def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | None = None, *,
@@ -80,28 +80,42 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
         if m.estimator is not None:
             build("estimator", m.estimator, f"{where}.estimator", context)
             continue
-        loss = build("loss", m.loss, f"{where}.loss", context)
-        sampler = build("sampler", m.sampler, f"{where}.sampler", context) if m.sampler else Sampler()
-        try:
-            sampler.check_loss(loss)
-        except (ValueError, TypeError) as exc:
-            raise error(str(exc), f"{where}.sampler") from None
-        if m.train.optimizer == "lbfgs":
-            # full batch: the whole split is one step, so there are no past batches to queue and the
-            # line search, not a norm bound, sets the step length
-            if m.sampler is not None:
-                raise error(f"sampler {m.sampler.name!r} needs minibatches; optimizer lbfgs trains on the "
-                            "whole split as one batch", f"{where}.sampler")
-            if m.train.grad_clip is not None:
-                raise error("grad_clip is not used by optimizer lbfgs (its line search sets the step "
-                            "length); remove it", f"{where}.train.grad_clip")
-        if not forward_check:
-            continue
-        try:
-            dry_run(DualEncoder(image, text), loss, sampler, splits["train"], dataset)
-        except Exception as exc:
-            raise error(f"the encoders and loss do not work together on this dataset: a forward pass "
-                        f"on {DRY_RUN_SAMPLES} training samples failed with {_describe(exc)}", where) from None
+        model = DualEncoder(image, text)
+        for key, comp in m.heads.items():
+            model.heads[key] = build("head", comp, f"{where}.heads.{key}", context)
+        for stage in m.stage_list():
+            at = f"{where}.stages[{stage.name}]" if m.stages is not None else where
+            train = m.stage_train(stage)
+            loss = build("loss", stage.loss, f"{at}.loss", context)
+            sampler = build("sampler", stage.sampler, f"{at}.sampler", context) if stage.sampler \
+                else Sampler()
+            try:
+                sampler.check_loss(loss)
+            except (ValueError, TypeError) as exc:
+                raise error(str(exc), f"{at}.sampler") from None
+            if train.optimizer == "lbfgs":
+                # full batch: the whole split is one step, so there are no past batches to queue and
+                # the line search, not a norm bound, sets the step length
+                if stage.sampler is not None:
+                    raise error(f"sampler {stage.sampler.name!r} needs minibatches; optimizer lbfgs trains "
+                                "on the whole split as one batch", f"{at}.sampler")
+                if train.grad_clip is not None:
+                    raise error("grad_clip is not used by optimizer lbfgs (its line search sets the step "
+                                "length); remove it", f"{at}.train.grad_clip")
+            try:
+                freeze(model, stage.freeze)
+            except ValueError as exc:
+                raise error(str(exc), f"{at}.freeze") from None
+            finally:
+                model.requires_grad_(True)
+            if not forward_check:
+                continue
+            try:
+                dry_run(model, loss, sampler, splits["train"], dataset)
+            except Exception as exc:
+                raise error(f"the encoders{', heads' if m.heads else ''} and loss do not work together "
+                            f"on this dataset: a forward pass on {DRY_RUN_SAMPLES} training samples failed "
+                            f"with {_describe(exc)}", at) from None
 
 
 def check_report_metrics(spec: BenchmarkSpec, evaluators: Mapping[str, Any], file: str | None) -> None:

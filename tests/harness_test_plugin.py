@@ -163,6 +163,15 @@ class TokenMSE(torch.nn.Module):
         return (image_feats.mean(1) - text_feats.mean(1)).pow(2).mean()
 
 
+class HeadScaledMSE(torch.nn.Module):
+    """Squared distance of the pairs times the method's ``scale`` head (a loss that uses a head)."""
+
+    def forward(self, image_emb, text_emb, heads, model):
+        assert heads is model.heads
+        return heads["scale"].scale.abs() * (image_emb - text_emb).pow(2).mean() + \
+            (heads["scale"].scale - 2.0).pow(2)
+
+
 class ScaleHead(torch.nn.Module):
     """A toy task head: one learnable scale."""
 
@@ -229,6 +238,7 @@ def register_losses(register):
     register("recorder", RecordingLoss)
     register("max-mean", MaxMeanLoss)
     register("token-mse", TokenMSE)
+    register("head-scaled", HeadScaledMSE)
 
 
 @hookimpl

@@ -46,7 +46,8 @@ def test_hook_register_encoders():
 
 def test_hook_register_losses():
     assert set(_registered_by("register_losses", "harness_test_plugin")) == {
-        "nan-loss", "exploding", "slow-mse", "labelled", "recorder", "max-mean", "token-mse"}
+        "nan-loss", "exploding", "slow-mse", "labelled", "recorder", "max-mean", "token-mse",
+        "head-scaled"}
 
 
 def test_hook_register_samplers():

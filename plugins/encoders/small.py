@@ -1,5 +1,9 @@
 """Bundled encoders: a small CNN, a GRU over the dataset's own vocabulary, an MLP for feature vectors,
-and fixed feature extractors (downsampled pixels, bag of words) for closed-form methods."""
+and fixed feature extractors (downsampled pixels, bag of words) for closed-form methods.
+
+The CNN and the GRU can also return per-location / per-token :class:`TokenFeatures` (``pool: none``)
+for grounding methods; :class:`PositionalAttention` and :func:`masked_mean` are shared with the
+``vision`` and ``text`` encoder plugins."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import hookimpl
-from harness.components import Encoder
+from harness.components import Encoder, TokenFeatures
 from harness.data import DatasetInfo
 
 
@@ -23,14 +27,68 @@ def _image_float(raw) -> torch.Tensor:
     return (x - 0.5) / 0.25
 
 
+def check_choice(param: str, value: str, choices: Sequence[str]) -> None:
+    """A clear error naming the parameter when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{param} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def masked_mean(features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the real positions of ``[B, N, D]`` features (``mask`` ``[B, N]``, None = all real)."""
+    if mask is None:
+        return features.mean(1)
+    weights = mask.unsqueeze(-1).to(features.dtype)
+    return (features * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class PositionalAttention(nn.Module):
+    """A learned position embedding over ``length`` positions, then ``layers`` post-LN transformer
+    encoder layers (FFN 4×dim) over ``[B, N, dim]`` features: self-attention over image locations or
+    caption tokens, so that each one carries context (VG-BERT's visual stream)."""
+
+    def __init__(self, length: int, dim: int, layers: int = 1, heads: int = 8, dropout: float = 0.1,
+                 layers_param: str = "attention_layers"):
+        super().__init__()
+        if layers < 0:
+            raise ValueError(f"{layers_param} must be >= 0; got {layers}")
+        if layers and (heads < 1 or dim % heads):
+            raise ValueError(f"heads: {heads} must be a positive divisor of embed_dim ({dim})")
+        self.position = nn.Parameter(torch.empty(1, length, dim))
+        nn.init.normal_(self.position, std=0.02)
+        self.encoder = None
+        if layers:  # no nested tensors: padded positions keep ordinary (masked-out) values in every mode
+            layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``[B, N, dim]`` with ``N`` at most ``length``; ``mask`` ``[B, N]`` True = real."""
+        if x.shape[1] > self.position.shape[1]:
+            raise ValueError(f"{x.shape[1]} positions, but the position embedding has "
+                             f"{self.position.shape[1]} (images of another size than the dataset's?)")
+        x = x + self.position[:, :x.shape[1]]
+        if self.encoder is not None:
+            x = self.encoder(x, src_key_padding_mask=None if mask is None else ~mask)
+        return x
+
+
 class SmallCNN(Encoder):
-    """Four stride-2 conv blocks then a linear projection; keeps the coarse layout (for relations)."""
+    """Four stride-2 conv blocks then a linear projection; keeps the coarse layout (for relations).
+
+    ``pool``: ``flatten`` (default) projects the whole last grid to one vector; ``none`` returns its
+    h×w locations, each projected to ``embed_dim``, as :class:`TokenFeatures` (for grounding methods);
+    ``mean`` averages those locations. With ``none``/``mean``, ``attention_layers`` > 0 adds a learned
+    position embedding and that many transformer layers (``heads``, ``dropout``) over the locations.
+    """
 
     modality = "image"
 
-    def __init__(self, embed_dim: int = 64, channels: Sequence[int] = (16, 32, 64, 64),
+    def __init__(self, embed_dim: int = 64, channels: Sequence[int] = (16, 32, 64, 64), pool: str = "flatten",
+                 attention_layers: int = 0, heads: int = 4, dropout: float = 0.1,
                  dataset_info: DatasetInfo | None = None):
         super().__init__()
+        check_choice("pool", pool, ("flatten", "none", "mean"))
+        if attention_layers and pool == "flatten":
+            raise ValueError("attention_layers needs pool none or mean (attention runs over the locations)")
         shape = tuple(dataset_info.image_shape) if dataset_info and dataset_info.image_shape else (3, 64, 64)
         if len(shape) != 3:
             raise ValueError(f"small-cnn needs images shaped (C, H, W); this dataset's are {shape}")
@@ -41,16 +99,32 @@ class SmallCNN(Encoder):
             c_in = c_out
         self.features = nn.Sequential(*layers)
         with torch.no_grad():
-            flat = self.features.eval()(torch.zeros(1, *shape)).numel()
+            grid = self.features.eval()(torch.zeros(1, *shape))
         self.features.train()
-        self.project = nn.Linear(flat, embed_dim)
+        self.pool = pool
+        self.attention: PositionalAttention | None = None  # a plain attribute unless set below
+        # the default path creates exactly the modules it always did, in the same order (same weights
+        # for the same seed): new submodules exist only when the new options ask for them
+        if pool == "flatten":
+            self.project = nn.Linear(grid.numel(), embed_dim)
+        else:
+            self.project = nn.Linear(grid.shape[1], embed_dim)  # per location
+            if attention_layers:
+                self.attention = PositionalAttention(grid.shape[2] * grid.shape[3], embed_dim,
+                                                     attention_layers, heads, dropout)
         self.output_dim = embed_dim
 
     def prepare(self, raw) -> torch.Tensor:
         return _image_float(raw)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.project(self.features(images).flatten(1))
+    def forward(self, images: torch.Tensor) -> torch.Tensor | TokenFeatures:
+        grid = self.features(images)
+        if self.pool == "flatten":
+            return self.project(grid.flatten(1))
+        x = self.project(grid.flatten(2).transpose(1, 2))  # [B, h·w, D]
+        if self.attention is not None:
+            x = self.attention(x)
+        return x.mean(1) if self.pool == "mean" else TokenFeatures(x)
 
 
 class WordTokenizer:
@@ -76,29 +150,42 @@ class WordTokenizer:
 
 
 class GRUText(Encoder):
-    """Word embeddings and a bidirectional GRU over the dataset vocabulary, then a projection."""
+    """Word embeddings and a bidirectional GRU over the dataset vocabulary, then a projection.
+
+    ``pool``: ``last`` (default) projects the final state of each direction; ``none`` projects the
+    bi-GRU's output at every word and returns :class:`TokenFeatures` with the padding mask (for
+    grounding methods); ``mean`` averages those projected outputs over the real words.
+    """
 
     modality = "text"
 
-    def __init__(self, embed_dim: int = 64, word_dim: int = 64, hidden_dim: int = 128,
+    def __init__(self, embed_dim: int = 64, word_dim: int = 64, hidden_dim: int = 128, pool: str = "last",
                  dataset_info: DatasetInfo | None = None):
         super().__init__()
+        check_choice("pool", pool, ("last", "none", "mean"))
         if dataset_info is None or not dataset_info.vocab:
             raise ValueError("gru needs a caption dataset that exposes a vocabulary")
         self.tokenizer = WordTokenizer(dataset_info.vocab)
         self.embedding = nn.Embedding(len(self.tokenizer), word_dim, padding_idx=WordTokenizer.PAD)
         self.gru = nn.GRU(word_dim, hidden_dim, batch_first=True, bidirectional=True)
-        self.project = nn.Linear(2 * hidden_dim, embed_dim)
+        self.project = nn.Linear(2 * hidden_dim, embed_dim)  # the same layer for every pool
+        self.pool = pool
         self.output_dim = embed_dim
 
     def prepare(self, raw: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(list(raw))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(batch["tokens"]), batch["lengths"].cpu(),
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | TokenFeatures:
+        tokens = batch["tokens"]
+        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(tokens), batch["lengths"].cpu(),
                                                    batch_first=True, enforce_sorted=False)
-        _, hidden = self.gru(packed)  # [2, B, H]: last state of each direction
-        return self.project(torch.cat([hidden[0], hidden[1]], dim=-1))
+        outputs, hidden = self.gru(packed)  # hidden [2, B, H]: last state of each direction
+        if self.pool == "last":
+            return self.project(torch.cat([hidden[0], hidden[1]], dim=-1))
+        outputs, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=tokens.shape[1])
+        mask = tokens != WordTokenizer.PAD
+        x = self.project(outputs)
+        return masked_mean(x, mask) if self.pool == "mean" else TokenFeatures(x, mask)
 
 
 def _input_dim(dataset_info: DatasetInfo | None, modality: str | None) -> int:
