@@ -32,11 +32,13 @@ def available(kind: str | None = None) -> dict[str, list[str]]:
 
 def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
         overrides: Iterable[str] = (), plugins: Iterable[str] = (), overwrite: bool = False,
-        progress: bool = True):
-    """Run a benchmark from a YAML path or a dict; returns a :class:`harness.runner.BenchmarkOutcome`."""
+        progress: bool = True, launcher: str | None = None,
+        launcher_options: Mapping[str, Any] | None = None):
+    """Run a benchmark from a YAML path or a dict; returns a :class:`harness.runner.BenchmarkOutcome`.
+    ``launcher`` (``inline``, ``processes``, …) and its options decide where the jobs run."""
     from harness.runner import run as _run
     return _run(config, out_dir, overrides=overrides, plugins=plugins, overwrite=overwrite,
-                progress=progress)
+                progress=progress, launcher=launcher, launcher_options=launcher_options)
 
 
 def load_plugins(modules: Iterable[str]) -> None:

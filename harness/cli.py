@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder for result files, one subfolder per benchmark (default: runs)")
     p.add_argument("--overwrite", action="store_true", help="redo runs that already have an ok result")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--launcher", metavar="NAME",
+                   help="where the jobs run: inline (default), processes, … (see `harness list launcher`)")
+    p.add_argument("--launcher-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a launcher option, e.g. --launcher-opt jobs=2 (repeatable)")
 
     p = sub.add_parser("validate", parents=[common], help="check a benchmark file without training")
     config_args(p)
@@ -98,6 +102,21 @@ def _report_load_errors(registry) -> None:
         print(f"warning: plugin {err.name!r} failed to load: {err.error}", file=sys.stderr)
 
 
+def _options(items: list[str], flag: str) -> dict:
+    """``KEY=VALUE`` pairs, values read as YAML scalars (``jobs=2`` → 2)."""
+    import yaml
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HarnessError(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise HarnessError(f"{flag} {key}: cannot parse value {value!r}") from None
+    return options
+
+
 def _check_out_dir(out: str) -> None:
     """Fail now, not after the last run, when ``--out`` cannot be a folder (it, or an ancestor, is a
     file). Nothing is created here: the runner makes the folder once the benchmark is valid."""
@@ -113,7 +132,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from harness.runner import run
         _check_out_dir(args.out)
         outcome = run(args.file, args.out, overrides=args.overrides, plugins=args.plugin,
-                      overwrite=args.overwrite, progress=not args.no_progress)
+                      overwrite=args.overwrite, progress=not args.no_progress, launcher=args.launcher,
+                      launcher_options=_options(args.launcher_opt, "--launcher-opt"))
         print(outcome.table)
         print(f"\nresults: {outcome.directory}", file=sys.stderr)
         return 0 if outcome.ok else 1

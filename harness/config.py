@@ -182,6 +182,8 @@ class BenchmarkSpec(BaseModel):
     # splits the evaluators score: test metrics keep their names ("retrieval/rsum"), the others get
     # the split as a prefix ("val/retrieval/rsum") so settings can be chosen on val, reported on test
     eval_splits: list[Literal["val", "test"]] = Field(default_factory=lambda: ["test"], min_length=1)
+    # where the jobs run (an execution setting: never part of a result's configuration)
+    launcher: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="inline"))
     # variant name -> {"base": name as written, "values": {swept key path: value}}; filled by resolve
     sweeps: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
     # `defaults` as written (already merged into the methods); filled by resolve

@@ -107,6 +107,17 @@ def register_estimators(register):
     """
 
 
+@hookspec
+def register_launchers(register):
+    """Register launchers: ``register(name, factory)``.
+
+    The factory builds a :class:`harness.launchers.Launcher` from its options (``--launcher-opt
+    KEY=VALUE`` or the benchmark's ``launcher: {name: …, <options>}``); ``launch(tasks, run_here)``
+    runs the pending (method, seed) jobs — in this process, local worker processes, a cluster — and
+    yields each task with its result as it finishes. Results are always the per-job files.
+    """
+
+
 # --- lifecycle hooks ----------------------------------------------------------------------------------
 
 

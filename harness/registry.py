@@ -30,6 +30,7 @@ KINDS: dict[str, str] = {
     "dataset": "register_datasets",
     "estimator": "register_estimators",
     "head": "register_heads",
+    "launcher": "register_launchers",
 }
 
 #: parameters the runner fills in; users never write them in YAML

@@ -19,13 +19,14 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from harness.components import EvalContext
-from harness.config import BenchmarkSpec
-from harness.errors import HarnessError
+from harness.config import BenchmarkSpec, ComponentSpec
+from harness.errors import ConfigError, HarnessError
 from harness.jobs import (Diverged, Job, _build, dataset_record, describe_device, get_dataset, plan,
                           resolve_device, seed_everything, stale_reason)
 from harness.model import DualEncoder, EstimatorModel
 from harness.plots import plot_results
-from harness.registry import Registry
+from harness.launchers import Task
+from harness.registry import Registry, default_registry
 from harness.results import RunResult, provenance, read_result, result_path, to_jsonable, write_result
 from harness.tables import build_table
 from harness.training import train_gradient
@@ -168,6 +169,20 @@ def notifier(registry: Registry, echo: Callable[[str], None]) -> Callable[..., N
     return notify
 
 
+def run_task_here(task: Task, registry: Registry | None = None,
+                  notify: Callable[..., None] | None = None) -> RunResult:
+    """Run one task in this process and write its result file: what the inline launcher does for every
+    job, and what a launcher's worker process does for its own."""
+    registry = registry or default_registry()
+    notify = notify or notifier(registry, lambda msg: print(msg, file=sys.stderr))
+    notify("on_run_start", job=task.job)
+    result = execute(task.job, registry, progress=task.progress, notify=notify,
+                     checkpoint_path=task.path.with_suffix(".pt"))
+    write_result(task.path, result)
+    notify("on_run_end", job=task.job, result=result)
+    return result
+
+
 def _listing(paths: list[str], limit: int = 5) -> str:
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
     return ", ".join(paths[:limit]) + more
@@ -175,7 +190,9 @@ def _listing(paths: list[str], limit: int = 5) -> str:
 
 def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
         overrides: Iterable[str] = (), plugins: Iterable[str] = (), overwrite: bool = False,
-        progress: bool = True, echo: Callable[[str], None] | None = None) -> BenchmarkOutcome:
+        progress: bool = True, echo: Callable[[str], None] | None = None,
+        launcher: str | None = None, launcher_options: Mapping[str, Any] | None = None
+        ) -> BenchmarkOutcome:
     """Run every method × seed of a benchmark, writing one result file each, and build the table.
 
     Runs that already have an ``ok`` result of the same configuration are skipped unless
@@ -184,7 +201,10 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
     training, unless ``overwrite``: finished results are never replaced silently. The table and plots
     are built from the files of this configuration's jobs only; other result files in the folder are
     named in a warning and never averaged in. Progress bars are drawn only when stderr is a terminal.
+    ``launcher`` (else the benchmark's ``launcher:``, else ``inline``) decides where the jobs run;
+    ``launcher_options`` override its options.
     """
+    plugins = list(plugins)
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
     progress = progress and sys.stderr.isatty()
     spec, registry, file = prepare(config, overrides=overrides, plugins=plugins, forward_check=False)
@@ -231,22 +251,28 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
              + (f"; leaving {len(others)} other result file(s) in {bench_dir} untouched: "
                 f"{_listing(others)}" if others else ""))
     notify("on_benchmark_start", benchmark=spec, jobs=jobs)
-    results = []
-    for i, (job, path) in enumerate(zip(jobs, paths), 1):
-        if i - 1 in done:
-            echo(f"[{i}/{len(jobs)}] {job.name} seed={job.seed}: already done, skipping "
-                 f"(--overwrite to redo)")
-            results.append(done[i - 1])
-            continue
-        notify("on_run_start", job=job)
-        result = execute(job, registry, progress=progress, notify=notify,
-                         checkpoint_path=path.with_suffix(".pt"))
-        write_result(path, result)
+    same = launcher is None or launcher == spec.launcher.name
+    launcher_spec = ComponentSpec(name=launcher or spec.launcher.name,
+                                  **{**(spec.launcher.params if same else {}), **(launcher_options or {})})
+    try:
+        chosen = registry.get("launcher", launcher_spec.name).build(launcher_spec.params)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file=file, field=f"launcher.{exc.field or 'name'}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc), file=file, field="launcher") from None
+    inline = launcher_spec.name == "inline"
+    tasks = [Task(index=i, job=job, path=path, plugins=list(plugins), progress=progress and inline)
+             for i, (job, path) in enumerate(zip(jobs, paths)) if i not in done]
+    results: dict[int, RunResult] = dict(done)
+    for i in sorted(done):
+        echo(f"[{i + 1}/{len(jobs)}] {jobs[i].name} seed={jobs[i].seed}: already done, skipping "
+             f"(--overwrite to redo)")
+    for task, result in chosen.launch(tasks, lambda task: run_task_here(task, registry, notify)):
         summary = result.status if result.status == "ok" else f"{result.status}: {result.error}"
-        echo(f"[{i}/{len(jobs)}] {job.name} seed={job.seed}: {summary} "
+        echo(f"[{task.index + 1}/{len(jobs)}] {task.job.name} seed={task.job.seed}: {summary} "
              f"({result.provenance.duration_s:.1f}s)")
-        notify("on_run_end", job=job, result=result)
-        results.append(result)
+        results[task.index] = result
+    results = [results[i] for i in range(len(jobs))]
     if others:
         echo(f"warning: {len(others)} result file(s) in {bench_dir} are not runs of this configuration "
              f"and are left out of its table and plots: {_listing(others)} "

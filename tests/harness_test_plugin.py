@@ -172,6 +172,14 @@ class HeadScaledMSE(torch.nn.Module):
             (heads["scale"].scale - 2.0).pow(2)
 
 
+class HardExit(torch.nn.Module):
+    """Ends its process at once, as a crash or the out-of-memory killer would (launcher tests only)."""
+
+    def forward(self, image_emb, text_emb):
+        import os
+        os._exit(3)
+
+
 class ScaleHead(torch.nn.Module):
     """A toy task head: one learnable scale."""
 
@@ -239,6 +247,7 @@ def register_losses(register):
     register("max-mean", MaxMeanLoss)
     register("token-mse", TokenMSE)
     register("head-scaled", HeadScaledMSE)
+    register("hard-exit", HardExit)
 
 
 @hookimpl

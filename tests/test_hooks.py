@@ -47,7 +47,7 @@ def test_hook_register_encoders():
 def test_hook_register_losses():
     assert set(_registered_by("register_losses", "harness_test_plugin")) == {
         "nan-loss", "exploding", "slow-mse", "labelled", "recorder", "max-mean", "token-mse",
-        "head-scaled"}
+        "head-scaled", "hard-exit"}
 
 
 def test_hook_register_samplers():
@@ -71,6 +71,12 @@ def test_hook_register_heads():
     assert "scale-head" in registry.available("head")["head"]
     head = registry.create("head", "scale-head")
     assert [n for n, _ in head.named_parameters()] == ["scale"]
+
+
+def test_hook_register_launchers():
+    registry = Registry()
+    assert {"inline", "processes"} <= set(registry.available("launcher")["launcher"])
+    assert registry.create("launcher", "processes", jobs=3).jobs == 3
 
 
 def test_hook_register_estimators():

@@ -1,0 +1,1 @@
+"""Launcher plugins: where a benchmark's jobs run."""

@@ -1,0 +1,71 @@
+"""Launchers: the same result files and metrics whichever runs the jobs; a dead worker is a failed run,
+not a lost benchmark; bad launcher settings are config errors."""
+
+import json
+import subprocess
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.results import read_result
+from harness.runner import run
+
+from conftest import cli_env, harness_cmd
+
+
+@pytest.fixture
+def three_seeds(toy_config):
+    toy_config["seeds"] = [0, 1, 2]
+    toy_config["defaults"]["train"]["threads"] = 1  # equal thread counts: identical arithmetic
+    return toy_config
+
+
+def test_processes_launcher_gives_the_inline_results(tmp_path, three_seeds):
+    inline = run(three_seeds, tmp_path / "inline", progress=False)
+    messages = []
+    parallel = run(three_seeds, tmp_path / "processes", progress=False, launcher="processes",
+                   launcher_options={"jobs": 2}, echo=messages.append)
+    assert parallel.ok and len(parallel.results) == 3
+    assert [r.seed for r in parallel.results] == [0, 1, 2]  # in job order, whatever finished first
+    for a, b in zip(inline.results, parallel.results):
+        assert a.metrics == b.metrics and [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert parallel.table == inline.table
+    assert sum(": ok (" in m for m in messages) == 3
+    # skip/resume works across launchers: a rerun inline finds the processes' files done
+    again = []
+    run(three_seeds, tmp_path / "processes", progress=False, echo=again.append)
+    assert sum("already done" in m for m in again) == 3
+
+
+def test_a_worker_that_dies_fails_its_run_and_the_others_finish(tmp_path, toy_config):
+    toy_config["methods"] += [{"name": "crash", "loss": {"name": "hard-exit"}}]
+    toy_config["seeds"] = [0]
+    outcome = run(toy_config, tmp_path, progress=False, launcher="processes",
+                  launcher_options={"jobs": 2})
+    status = {r.method: r for r in outcome.results}
+    assert status["infonce"].status == "ok"
+    assert status["crash"].status == "failed" and "worker process failed" in status["crash"].error
+    assert read_result(tmp_path / "toy" / "crash" / "seed-0.json").status == "failed"
+
+
+def test_launcher_from_the_benchmark_file_and_bad_launcher_settings(tmp_path, toy_config):
+    toy_config["launcher"] = {"name": "processes", "jobs": 0}
+    with pytest.raises(ConfigError, match="jobs must be at least 1"):
+        run(toy_config, tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="did you mean 'processes'"):
+        run(toy_config, tmp_path, progress=False, launcher="procesess")
+    toy_config["launcher"] = {"name": "processes", "jobs": 1}
+    assert run(toy_config, tmp_path, progress=False).ok
+
+
+def test_cli_launcher_options(tmp_path, toy_config):
+    path = tmp_path / "toy.yaml"
+    path.write_text(json.dumps(toy_config))
+    out = subprocess.run([*harness_cmd(), "run", str(path), "--out", str(tmp_path / "o"), "--launcher",
+                          "processes", "--launcher-opt", "jobs=1"], capture_output=True, text=True,
+                         env=cli_env(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert read_result(tmp_path / "o" / "toy" / "infonce" / "seed-0.json").status == "ok"
+    bad = subprocess.run([*harness_cmd(), "run", str(path), "--launcher-opt", "jobs"], capture_output=True,
+                         text=True, env=cli_env(), timeout=300)
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
