@@ -259,7 +259,10 @@ class Registry:
                         version=info.version)
 
     def create(self, kind: str, name: str, /, **params: Any) -> Any:
-        return self.get(kind, name).build(params)
+        """Build a component; context parameters (``embed_dim``, ``dataset_info``, ``modality``) may be
+        given explicitly, as the runner would fill them in."""
+        context = {k: params.pop(k) for k in list(params) if k in CONTEXT_PARAMS}
+        return self.get(kind, name).build(params, context)
 
     def available(self, kind: str | None = None) -> dict[str, list[str]]:
         if kind is not None:

@@ -21,17 +21,20 @@ VGG_CHANNELS = 512  # channels of VGG-16's last conv block
 VGG_STRIDE = 16  # four 2×2 max-pools before the last conv block
 
 
-def vgg16_features() -> nn.Sequential:
+def vgg16_features(init: bool = True) -> nn.Sequential:
     """torchvision's VGG-16 ``.features`` without its last max-pool (state-dict keys ``0.weight`` …
-    ``28.bias`` as in ``vgg16().features``), initialised as torchvision's VGG does; built from
-    torchvision's own layer list so that its 100M-parameter classifier is never allocated."""
+    ``28.bias`` as in ``vgg16().features``), initialised as torchvision's VGG does (``init``; otherwise
+    left uninitialised for loading). Built from torchvision's own layer list on the meta device, so
+    that neither its 100M-parameter classifier nor a discarded default init costs time."""
     from torchvision.models.vgg import cfgs, make_layers
 
-    features = make_layers(cfgs["D"])[:-1]
+    with torch.device("meta"):
+        features = make_layers(cfgs["D"])[:-1]
+    features = features.to_empty(device="cpu")
     for m in features.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) and init:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.constant_(m.bias, 0)
+            nn.init.zeros_(m.bias)
     return features
 
 
@@ -50,7 +53,8 @@ def read_state_dict(path: str | Path, param: str = "weights") -> dict[str, torch
     except ImportError:
         raise ValueError(f"{param}: reading {path.name} needs the safetensors package") from None
     except Exception as exc:  # unpickling, zip and header errors all mean "not a state dict file"
-        raise ValueError(f"{param}: cannot read {path} as a state dict ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{param}: cannot read {path} as a state dict "
+                         f"({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{param}: {path} does not hold a state dict (a mapping of names to tensors)")
     return state
@@ -81,15 +85,16 @@ def _layer_order(key: str) -> tuple[int, str]:
 
 
 class VGG16(Encoder):
-    """VGG-16 conv features, a 1×1 projection, a learned position embedding and self-attention over
-    the H/16 × W/16 locations (VG-BERT's visual stream).
+    """VGG-16 conv features with self-attention over their H/16×W/16 locations (VG-BERT's visual stream).
 
-    ``weights``: null trains the convs from scratch; otherwise a local torchvision VGG-16 state dict
-    (``.pth`` via ``torch.load(weights_only=True)``, or ``.safetensors``), of the whole model or of
-    ``.features`` only. ``freeze`` (default: true when ``weights`` are given) keeps the convs fixed: no
-    gradient, eval mode. ``attention_layers`` post-LN transformer layers (``heads`` must divide
-    ``embed_dim``; FFN 4×embed_dim) follow. ``pool``: ``none`` returns the locations as
-    :class:`TokenFeatures` (match-map grounding), ``mean`` their average ``[B, embed_dim]``.
+    The convs (without the last max-pool) are followed by a 1×1 projection to ``embed_dim`` and a
+    learned position embedding. ``weights``: null trains the convs from scratch; otherwise a local
+    torchvision VGG-16 state dict (``.pth`` via ``torch.load(weights_only=True)``, or
+    ``.safetensors``), of the whole model or of ``.features`` only. ``freeze`` (default: true when
+    ``weights`` are given) keeps the convs fixed: no gradient, eval mode. ``attention_layers`` post-LN
+    transformer layers (``heads`` must divide ``embed_dim``; FFN 4×embed_dim) follow. ``pool``:
+    ``none`` returns the locations as :class:`TokenFeatures` (match-map grounding), ``mean`` their
+    average ``[B, embed_dim]``.
     """
 
     modality = "image"
@@ -99,13 +104,15 @@ class VGG16(Encoder):
                  dataset_info: DatasetInfo | None = None):
         super().__init__()
         check_choice("pool", pool, ("none", "mean"))
-        shape = tuple(dataset_info.image_shape) if dataset_info and dataset_info.image_shape else (3, 224, 224)
+        shape = (tuple(dataset_info.image_shape) if dataset_info and dataset_info.image_shape
+                 else (3, 224, 224))
         if len(shape) != 3 or shape[0] not in (1, 3):
-            raise ValueError(f"vgg16 needs RGB or grayscale images shaped (C, H, W); this dataset's are {shape}")
+            raise ValueError(f"vgg16 needs RGB or grayscale images shaped (C, H, W); "
+                             f"this dataset's are {shape}")
         height, width = shape[1] // VGG_STRIDE, shape[2] // VGG_STRIDE
         if not height or not width:
             raise ValueError(f"vgg16 needs images of at least {VGG_STRIDE}×{VGG_STRIDE} pixels; got {shape}")
-        self.features = vgg16_features()
+        self.features = vgg16_features(init=weights is None)
         if weights is not None:
             load_vgg16_features(self.features, weights)
         self.frozen = weights is not None if freeze is None else bool(freeze)
