@@ -20,6 +20,7 @@ class DatasetInfo:
     vocab: list[str] = field(default_factory=list)
     word_categories: dict[str, str] = field(default_factory=dict)  # word -> color/shape/size/relation/function
     class_names: list[str] = field(default_factory=list)
+    predicates: list[str] = field(default_factory=list)  # relation names, for relation heads
 
 
 @dataclass

@@ -510,7 +510,7 @@ class ShapesDataset(Dataset):
         self.holdout = tuple(CLASS_NAMES[i] for i in self._held)
         self.info = DatasetInfo(name="shapes", image_shape=(3, self.image_size, self.image_size),
                                 text_kind="caption", vocab=list(VOCAB), word_categories=dict(WORD_CATEGORIES),
-                                class_names=list(CLASS_NAMES))
+                                class_names=list(CLASS_NAMES), predicates=list(RELATIONS))
         self._splits: dict[str, Split] = {}
 
     def _meta(self, name: str) -> dict[str, Any]:

@@ -99,6 +99,8 @@ class RelationEvaluator(Evaluator):
 
     @torch.no_grad()
     def evaluate(self, context: EvalContext) -> dict[str, float]:
+        if not getattr(context.model, "heads", None):  # a method without relation heads: not applicable
+            return {}
         attention, relation = self._heads(context)
         annotations = _split_annotations(context)
         ids = object_phrase_ids(annotations["n_objects"], annotations["obj_color"],

@@ -12,15 +12,9 @@ from harness.data import DatasetInfo
 
 
 def dataset_predicates(dataset_info: DatasetInfo | None) -> list[str] | None:
-    """The predicate names a dataset declares: ``dataset_info.predicates`` when it has that field, the
-    ``RELATIONS`` of the bundled ``shapes`` dataset, otherwise ``None``."""
+    """The predicate names a dataset declares (``dataset_info.predicates``), or ``None``."""
     declared = getattr(dataset_info, "predicates", None)
-    if declared:
-        return [str(name) for name in declared]
-    if dataset_info is not None and dataset_info.name == "shapes":
-        from harness_plugins.datasets.shapes import RELATIONS
-        return list(RELATIONS)
-    return None
+    return list(declared) if declared else None
 
 
 def resolve_predicates(predicates: int | Sequence[str] | None,
@@ -105,11 +99,9 @@ class BilinearRelation(nn.Module):
     """Bilinear relation module: one learnable operator per predicate between grounded objects.
 
     score_p(s, o) = r_s R̂_p r_oᵀ,  r = W x + b  (``project``: Linear(embed_dim → rank)),
-    R̂_p = R_p / ‖R_p‖_F  (``R``: [P, rank, rank], each R_p Xavier-uniform initialised)
-
-    P and the predicate names (relation id = index) come from ``predicates``: a count, a list of names,
-    or, by default, the dataset (``dataset_info.predicates`` when the dataset declares it; the
-    ``RELATIONS`` of ``shapes``).
+    R̂_p = R_p / ‖R_p‖_F  (``R``: [P, rank, rank], each R_p Xavier-uniform initialised),
+    P predicates (relation id = index) from ``predicates``: a count, a list of names, or by default
+    the dataset's (``dataset_info.predicates`` when the dataset declares it; ``shapes``' RELATIONS).
     """
 
     def __init__(self, rank: int = 32, predicates: int | list[str] | None = None, embed_dim: int = 64,
