@@ -95,3 +95,26 @@ def all_gather_with_offset(x: torch.Tensor) -> tuple[torch.Tensor, int]:
         return _AllGather.apply(x, sizes), offset
     # Keys and queues need no gradient: same collective, no autograd node (and no backward to join).
     return _gather_rows(x, sizes), offset
+
+
+def all_gather_tokens(features: torch.Tensor, mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token / location features ``[n_r, N_r, D]`` and their mask ``[n_r, N_r]`` (True = real, ``None``
+    = all real) from every rank, concatenated in rank order, with gradient for the features.
+
+    Ranks may differ in ``n_r`` and in ``N_r``: every rank pads its features to the longest ``N`` with
+    zeros, masked out (False), so the result is ``[Σ n_r, max N_r, D]`` with a mask. Without an
+    initialized process group this returns the inputs themselves.
+    """
+    if not is_distributed():
+        return features, mask
+    longest = torch.tensor([features.shape[1]], dtype=torch.long, device=features.device)
+    dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+    pad = int(longest.item()) - features.shape[1]
+    valid = mask.bool() if mask is not None else torch.ones(features.shape[:2], dtype=torch.bool,
+                                                            device=features.device)
+    # F.pad is differentiable: the gradient of the padding is simply dropped.
+    features = torch.nn.functional.pad(features, (0, 0, 0, pad))
+    valid = torch.nn.functional.pad(valid, (0, pad), value=False)
+    # uint8 rather than bool: not every backend gathers bool tensors
+    return all_gather(features), all_gather(valid.to(torch.uint8)).bool()

@@ -28,7 +28,7 @@ MATCHMAP_POOLINGS = ("misa", "sima", "sisa")
 MATCHMAP_BLOCK_BYTES = 32 * 2**20
 
 # Columns (pairs' tokens) per block: wide enough for a full-speed GEMM, narrow enough that a block
-# still holds many images' locations. Measured on CPU; any value gives the same scores.
+# still holds many images' locations. Chosen on CPU; any value gives the same scores.
 _TARGET_COLUMNS = 2048
 
 
@@ -43,7 +43,7 @@ def matchmap_scores(image_feats: torch.Tensor, text_feats: torch.Tensor,
     everything. Computed in float32 (float64 for float64 inputs), whatever the input dtype and with
     autocast off, in blocks of at most ``block_bytes`` (default :data:`MATCHMAP_BLOCK_BYTES`) of the
     match map, at least one pair. Differentiable: with ``misa``/``sima`` the gradient reaches only the
-    arg-max location/token of each max (the first one on exact ties).
+    arg-max location/token of each max (a single one on exact ties).
     """
     _check_features(image_feats, "image_feats")
     _check_features(text_feats, "text_feats")
@@ -64,11 +64,12 @@ def matchmap_scores(image_feats: torch.Tensor, text_feats: torch.Tensor,
 
     with _autocast_off(image_feats.device):
         if pooling == "sisa":
-            return _pooled_mean(image_feats, image_valid, dtype) @ _pooled_mean(text_feats, text_valid, dtype).T
+            return (_pooled_mean(image_feats, image_valid, dtype, budget)
+                    @ _pooled_mean(text_feats, text_valid, dtype, budget).T)
         # misa: max over an image's locations, mean over a caption's tokens; sima the other way round
         if pooling == "misa":
             return _max_mean(image_feats, image_valid, text_feats, text_valid, dtype, budget)
-        return _max_mean(text_feats, text_valid, image_feats, image_valid, dtype, budget).T
+        return _max_mean(text_feats, text_valid, image_feats, image_valid, dtype, budget).T.contiguous()
 
 
 def _autocast_off(device: torch.device):
@@ -100,23 +101,22 @@ def _valid(mask, feats: torch.Tensor, name: str) -> torch.Tensor:
     return mask.to(device=feats.device, dtype=torch.bool)
 
 
-def _dense_rows(feats: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``[b, N, D]`` → ``[b·N, D]`` in ``dtype`` with padded rows zeroed (a NaN there cannot leak)."""
+def _real_rows(feats: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype, padded: bool) -> torch.Tensor:
+    """``feats`` in ``dtype`` with padded rows zeroed when there are any (so that a NaN there cannot
+    leak into a GEMM); ``padded`` is decided once per call, not synced per block."""
     x = feats.to(dtype)
-    if not bool(valid.all()):
-        x = torch.where(valid.unsqueeze(-1), x, 0)
-    return x.reshape(-1, x.shape[-1])
+    return torch.where(valid.unsqueeze(-1), x, 0) if padded else x
 
 
-def _pooled_mean(feats: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _pooled_mean(feats: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype, budget: int) -> torch.Tensor:
     """Mean of the real rows of each item, ``[B, D]`` (zeros for an item with none), a few items at a
-    time so that a cast or masked copy of the features stays small."""
-    weights = _mean_weights(valid, dtype)
-    rows = max(1, MATCHMAP_BLOCK_BYTES // max(1, feats.shape[1] * feats.shape[2] * 4))
-    parts = [torch.einsum("bnd,bn->bd", _dense_rows(feats[r:r + rows], valid[r:r + rows], dtype)
-                          .view(-1, feats.shape[1], feats.shape[2]), weights[r:r + rows])
-             for r in range(0, feats.shape[0], rows)]
-    return torch.cat(parts) if parts else feats.new_zeros(0, feats.shape[2], dtype=dtype)
+    time so that a cast or masked copy of the features stays within ``budget`` bytes."""
+    weights, padded = _mean_weights(valid, dtype), not bool(valid.all())
+    _, n, dim = feats.shape
+    rows = max(1, budget // max(1, n * dim * torch.finfo(dtype).bits // 8))
+    parts = [torch.einsum("bnd,bn->bd", _real_rows(feats[r:r + rows], valid[r:r + rows], dtype, padded),
+                          weights[r:r + rows]) for r in range(0, feats.shape[0], rows)]
+    return torch.cat(parts) if parts else feats.new_zeros(0, dim, dtype=dtype)
 
 
 # --- max over one side, mean over the other -------------------------------------------------------------
@@ -140,7 +140,8 @@ def _max_mean(max_feats, max_valid, mean_feats, mean_valid, dtype, budget) -> to
         return zero + torch.zeros(n_max, n_mean, dtype=dtype, device=max_feats.device)
     if torch.is_grad_enabled() and (max_feats.requires_grad or mean_feats.requires_grad):
         return _MaxMean.apply(max_feats, mean_feats, max_valid, mean_valid, dtype, budget)
-    return _max_mean_forward(max_feats, max_valid, mean_feats, mean_valid, dtype, budget, keep_argmax=False)[0]
+    scores, _ = _max_mean_forward(max_feats, max_valid, mean_feats, mean_valid, dtype, budget, keep_argmax=False)
+    return scores
 
 
 def _mean_weights(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -153,6 +154,8 @@ def _max_mean_forward(max_feats, max_valid, mean_feats, mean_valid, dtype, budge
     device = max_feats.device
     weights = _mean_weights(mean_valid, dtype)
     empty_max = ~max_valid.any(1)  # all -inf: their max would poison the mean, their scores are 0
+    max_padded, mean_padded, any_empty = (not bool(max_valid.all()), not bool(mean_valid.all()),
+                                          bool(empty_max.any()))
     itemsize = torch.finfo(dtype).bits // 8
     n_max_b, n_mean_b = _block_shape(n_max, n_maxed, n_mean, n_meaned, itemsize, budget)
     scores = torch.empty(n_max, n_mean, dtype=dtype, device=device)
@@ -164,22 +167,21 @@ def _max_mean_forward(max_feats, max_valid, mean_feats, mean_valid, dtype, budge
     buffer = torch.empty(n_max_b * n_maxed * n_mean_b * n_meaned, dtype=dtype, device=device)
     for a0 in range(0, n_mean, n_mean_b):
         a1 = min(n_mean, a0 + n_mean_b)
-        y = _dense_rows(mean_feats[a0:a1], mean_valid[a0:a1], dtype)
+        y = _real_rows(mean_feats[a0:a1], mean_valid[a0:a1], dtype, mean_padded).flatten(0, 1)
         for m0 in range(0, n_max, n_max_b):
             m1 = min(n_max, m0 + n_max_b)
-            x = _dense_rows(max_feats[m0:m1], max_valid[m0:m1], dtype)
+            x = _real_rows(max_feats[m0:m1], max_valid[m0:m1], dtype, max_padded).flatten(0, 1)
             block = torch.mm(x, y.T, out=buffer[: x.shape[0] * y.shape[0]].view(x.shape[0], y.shape[0]))
             block = block.view(m1 - m0, n_maxed, y.shape[0])
-            padded = ~max_valid[m0:m1]
-            if bool(padded.any()):
-                block.masked_fill_(padded.unsqueeze(-1), -math.inf)
+            if max_padded:  # padded locations never win the max
+                block.masked_fill_(~max_valid[m0:m1].unsqueeze(-1), -math.inf)
             if keep_argmax:
                 best, where = block.max(1)
                 argmax[m0:m1, a0:a1] = where.view(m1 - m0, a1 - a0, n_meaned)
             else:
                 best = block.amax(1)
             best = best.view(m1 - m0, a1 - a0, n_meaned)
-            if bool(empty_max[m0:m1].any()):
+            if any_empty:
                 best.masked_fill_(empty_max[m0:m1].view(-1, 1, 1), 0)
             scores[m0:m1, a0:a1] = (best * weights[a0:a1]).sum(-1)
     return scores, argmax
@@ -214,6 +216,7 @@ def _max_mean_backward(grad, max_feats, mean_feats, max_valid, mean_valid, argma
     # an item with no real location has an arbitrary arg-max and score 0: no gradient through it
     grad = grad.masked_fill(~max_valid.any(1, keepdim=True), 0)
     weights = _mean_weights(mean_valid, dtype)
+    max_padded, mean_padded = not bool(max_valid.all()), not bool(mean_valid.all())
     itemsize = torch.finfo(dtype).bits // 8
     n_max_b, n_mean_b = _block_shape(n_max, n_maxed, n_mean, n_meaned, itemsize, budget)
     d_max = torch.zeros(n_max * n_maxed, dim, dtype=dtype, device=max_feats.device)
@@ -221,10 +224,10 @@ def _max_mean_backward(grad, max_feats, mean_feats, max_valid, mean_valid, argma
     buffer = torch.empty(n_max_b * n_maxed * n_mean_b * n_meaned, dtype=dtype, device=max_feats.device)
     for a0 in range(0, n_mean, n_mean_b):
         a1 = min(n_mean, a0 + n_mean_b)
-        y = _dense_rows(mean_feats[a0:a1], mean_valid[a0:a1], dtype)
+        y = _real_rows(mean_feats[a0:a1], mean_valid[a0:a1], dtype, mean_padded).flatten(0, 1)
         for m0 in range(0, n_max, n_max_b):
             m1 = min(n_max, m0 + n_max_b)
-            x = _dense_rows(max_feats[m0:m1], max_valid[m0:m1], dtype)
+            x = _real_rows(max_feats[m0:m1], max_valid[m0:m1], dtype, max_padded).flatten(0, 1)
             coef = (grad[m0:m1, a0:a1, None] * weights[a0:a1]).view(m1 - m0, 1, -1)
             onehot = buffer[: x.shape[0] * y.shape[0]].view(m1 - m0, n_maxed, y.shape[0]).zero_()
             onehot.scatter_(1, argmax[m0:m1, a0:a1].reshape(m1 - m0, 1, -1).long(), coef)

@@ -282,43 +282,63 @@ def retrieval_metrics_from_scores(scores, text_to_image, ks: Sequence[int] = (1,
     item's score (for image→text the best of the image's captions). ``tol`` defaults to
     ``2·eps(dtype)·max(1, max|scores|)`` (relative to the scores' scale); with the ``tol`` that
     :func:`retrieval_metrics` uses (:func:`tie_tolerance`) on the cosine matrix the two agree exactly.
-    Works through row blocks, so the extra memory is one block.
+    Scores are compared in float32 (float64 for float64 or integer scores). Works through row blocks
+    of one comparison buffer (``DEFAULT_CHUNK_BYTES`` of bools), never a copy of the matrix.
     """
     s = _to_tensor(scores, "scores")
     if s.ndim != 2 or 0 in s.shape:
-        raise ValueError(f"scores must be a non-empty [n_images, n_texts] matrix, got {tuple(s.shape)}")
-    dtype = torch.float64 if s.dtype == torch.float64 else torch.float32
+        raise ValueError(f"scores must be a non-empty [n_images, n_texts] matrix, got shape {tuple(s.shape)}")
+    if s.is_complex() or s.dtype == torch.bool:
+        raise ValueError(f"scores must be real numbers, got {s.dtype}")
+    # integers convert exactly to float64; half precisions widen to float32 (exact too)
+    dtype = torch.float32 if s.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
     s = s.to(dtype)
     if not bool(torch.isfinite(s).all()):
         raise ValueError("scores contain NaN or infinite values")
     n_img, n_txt = s.shape
     idx = _to_tensor(text_to_image, "text_to_image")
-    if idx.ndim != 1 or idx.shape[0] != n_txt or idx.dtype.is_floating_point or idx.dtype == torch.bool:
+    if idx.ndim != 1 or idx.shape[0] != n_txt or idx.dtype.is_floating_point or idx.is_complex() \
+            or idx.dtype == torch.bool:
         raise ValueError(f"text_to_image must hold one integer image index per text ({n_txt}), "
-                         f"got {tuple(idx.shape)} {idx.dtype}")
+                         f"got shape {tuple(idx.shape)} of {idx.dtype}")
     idx = idx.to(device=s.device, dtype=torch.int64)
-    if int(idx.min()) < 0 or int(idx.max()) >= n_img:
-        raise ValueError(f"text_to_image values must lie in [0, {n_img - 1}]")
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= n_img:
+        raise ValueError(f"text_to_image values must lie in [0, {n_img - 1}] (number of images), "
+                         f"found {lo if lo < 0 else hi}")
+    ks = tuple(ks)
+    if not ks or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
     ks = tuple(dict.fromkeys(int(k) for k in ks))
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive ints, got {ks!r}")
     if tol is None:
         tol = _TIE_EPS_FACTOR * torch.finfo(dtype).eps * max(1.0, float(s.abs().max()))
+    elif isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    tol = float(tol)
 
-    cols = torch.arange(n_txt, device=s.device)
-    positive = s[idx, cols]  # each text's score with its own image
+    # Each text's score with its own image, and each image's best own text (-inf: it has none).
+    positive = s[idx, torch.arange(n_txt, device=s.device)]
     thr_col = positive - tol
-    t2i_count = torch.zeros(n_txt, dtype=torch.float64, device=s.device)
-    i2t = []
-    rows = max(1, DEFAULT_CHUNK_BYTES // (2 * n_txt * torch.finfo(dtype).bits // 8))
+    best = torch.full((n_img,), -math.inf, dtype=dtype, device=s.device).scatter_reduce_(
+        0, idx, positive, reduce="amax")
+    thr_row = best - tol
+    # The correct items pass their own threshold (tol >= 0 for a text's image; its best text for an
+    # image): count everything at or above the threshold, then take those correct ones back out.
+    own_above = torch.zeros(n_img, dtype=torch.int64, device=s.device).index_add_(
+        0, idx, (positive >= thr_row[idx]).to(torch.int64))
+    t2i_count = torch.zeros(n_txt, dtype=torch.int64, device=s.device)
+    i2t_count = torch.empty(n_img, dtype=torch.int64, device=s.device)
+    rows = int(max(1, min(n_img, DEFAULT_CHUNK_BYTES // n_txt)))
+    hits = torch.empty(rows, n_txt, dtype=torch.bool, device=s.device)
     for r0 in range(0, n_img, rows):
-        block = s[r0:r0 + rows]
-        own = idx.unsqueeze(0) == torch.arange(r0, r0 + len(block), device=s.device).unsqueeze(1)
-        t2i_count += ((block >= thr_col) & ~own).sum(0, dtype=torch.float64)
-        best = torch.where(own, block, torch.full_like(block, -math.inf)).amax(1)
-        has = own.any(1)
-        above = ((block >= (best - tol).unsqueeze(1)) & ~own).sum(1)
-        i2t.append((above + 1)[has])
-    i2t_ranks = torch.cat(i2t).cpu().numpy().astype(np.int64)
-    t2i_ranks = t2i_count.cpu().numpy().astype(np.int64) + 1
+        r1 = min(n_img, r0 + rows)
+        block, h = s[r0:r1], hits[: r1 - r0]
+        torch.ge(block, thr_col, out=h)
+        t2i_count += h.sum(0)
+        torch.ge(block, thr_row[r0:r1, None], out=h)
+        i2t_count[r0:r1] = h.sum(1)
+    has_caption = own_above > 0
+    i2t_ranks = (i2t_count - own_above + 1)[has_caption].cpu().numpy()
+    t2i_ranks = t2i_count.cpu().numpy()  # already counts the correct image itself: rank = count
     return _metrics_from_ranks(i2t_ranks, t2i_ranks, ks)
