@@ -429,11 +429,14 @@ def _bar_axis(ax: Axes, rows: list[MethodRow], metric: str, style: _Style) -> No
         ticks.append(style.label(row) + (f"  ({problems})" if problems else ""))
         stats = row.mean_std(metric)
         if stats is None:
+            where = blended_transform_factory(ax.transAxes, ax.transData)
+            if row.ok:  # finished runs that do not report this metric (no relation heads): grey, no ×
+                ax.annotate("not reported", (0.02, i), xycoords=where, va="center", fontsize=6, color="0.5")
+                continue
             # nothing to average: an empty hatched slot and the reason, in place of a bar
             ax.axhspan(i - 0.35, i + 0.35, color=FAILED_COLOUR, alpha=0.08, linewidth=0)
-            ax.annotate("× " + (problems if not row.ok else "n/a"), (0.02, i),
-                        xycoords=blended_transform_factory(ax.transAxes, ax.transData),
-                        va="center", fontsize=7, color=FAILED_COLOUR, fontweight="bold")
+            ax.annotate("× " + problems, (0.02, i), xycoords=where, va="center", fontsize=7,
+                        color=FAILED_COLOUR, fontweight="bold")
             continue
         mean, std = stats
         ax.barh(i, mean, xerr=std if len(row.values(metric)) > 1 else None, height=0.7,
