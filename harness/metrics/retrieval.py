@@ -241,16 +241,7 @@ def retrieval_metrics(
     """
     img, txt, idx, ks, chunk_size = _prepare(image_emb, text_emb, text_to_image, ks, chunk_size)
     i2t, t2i = _ranks(img, txt, idx, chunk_size)
-
-    out: dict[str, float] = {}
-    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
-        for k in ks:
-            out[f"{name}_R@{k}"] = float(100.0 * np.mean(ranks <= k))
-    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
-        out[f"{name}_medr"] = float(np.median(ranks))
-        out[f"{name}_meanr"] = float(np.mean(ranks))
-    out["rsum"] = float(sum(out[f"{name}_R@{k}"] for name in ("i2t", "t2i") for k in ks))
-    return out
+    return _metrics_from_ranks(i2t, t2i, ks)
 
 
 def tie_tolerance(dtype: torch.dtype, dim: int, device: torch.device | str = "cpu") -> float:
@@ -262,6 +253,7 @@ def tie_tolerance(dtype: torch.dtype, dim: int, device: torch.device | str = "cp
 
 
 def _metrics_from_ranks(i2t: np.ndarray, t2i: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """R@k (percent of queries whose first correct item ranks ≤ k), median and mean ranks, and rsum."""
     out: dict[str, float] = {}
     for name, ranks in (("i2t", i2t), ("t2i", t2i)):
         for k in ks:
