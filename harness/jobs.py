@@ -140,6 +140,9 @@ def stale_reason(previous: RunResult, job: Job, dataset: DatasetRecord) -> str |
     a component), or None."""
     if previous.status == "ok" and previous.dataset is None:
         return "it records no dataset"
+    if previous.providers is None and job.providers is not None:
+        # made before providers were recorded: nothing vouches that the same code made it
+        return "it records no providers (written by an older harness): its plugins' code is unknown"
     old, new = previous.configuration(), job.configuration(dataset)
     new = {part: value for part, value in new.items() if part in old}  # parts older files lack
     found = first_difference(old, new)

@@ -11,6 +11,7 @@ import math
 import sys
 import time
 import traceback
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,7 +105,11 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
             _build(registry, "encoder", spec.encoders.text, {**context, "modality": "text"}),
             batch_size=spec.train.eval_batch_size, device=device)
         for key, comp in spec.heads.items():  # trainable task heads, trained and saved with the encoders
-            encoders.heads[key] = _build(registry, "head", comp, context)
+            # initialised from their own seed: adding a head leaves every other random draw of the run
+            # (encoders, dropout, batches) as it was, so methods that share a first stage share it exactly
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(zlib.crc32(f"{job.seed}/{key}".encode()))
+                encoders.heads[key] = _build(registry, "head", comp, context)
         encoders.to(device)
         if spec.kind == "gradient":
             model = encoders

@@ -188,6 +188,13 @@ class ScaleHead(torch.nn.Module):
         self.scale = torch.nn.Parameter(torch.ones(()))
 
 
+class LinearHead(torch.nn.Linear):
+    """A toy head with randomly initialised weights (draws from torch's generator when built)."""
+
+    def __init__(self, embed_dim: int = 8):
+        super().__init__(embed_dim, embed_dim)
+
+
 class LeastSquares:
     """Closed-form toy: maps X onto the Y feature space by ridge least squares."""
 
@@ -274,6 +281,7 @@ def register_encoders(register):
 @hookimpl
 def register_heads(register):
     register("scale-head", ScaleHead)
+    register("linear-head", LinearHead)
 
 
 @hookimpl

@@ -139,8 +139,18 @@ def test_an_entry_point_plugin_is_recorded_with_its_version_and_an_upgrade_makes
 
     _install_dist(root, "1.1")
     reset_default_registry()
-    with pytest.raises(HarnessError, match=r"versioned-plugin|version: '1.0' in the file, '1.1' now"):
+    with pytest.raises(HarnessError, match=r"version: '1.0' in the file, '1.1' now"):
         run(toy_config, tmp_path / "out", progress=False)
+
+
+def test_a_result_without_providers_cannot_vouch_for_its_code(tmp_path, toy_config):
+    run(toy_config, tmp_path, progress=False)
+    path = tmp_path / "toy" / "infonce" / "seed-0.json"
+    data = json.loads(path.read_text())
+    data["providers"] = None  # as written before providers were recorded
+    path.write_text(json.dumps(data))
+    with pytest.raises(HarnessError, match="records no providers"):
+        run(toy_config, tmp_path, progress=False)
 
 
 def _cli(*args, tmp_path):

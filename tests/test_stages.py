@@ -75,3 +75,16 @@ def test_bad_stages_and_heads_are_config_errors_before_training(tmp_path, toy_co
         run(toy_config, tmp_path, progress=False)
     assert info.value.field == field and words in str(info.value)
     assert not (tmp_path / "toy").exists()
+
+
+def test_adding_heads_leaves_the_rest_of_the_run_unchanged(tmp_path, toy_config):
+    """Heads draw their initial weights from their own seed: a method with a head its loss never uses
+    trains exactly as the same method without it (so staged methods share their first stage)."""
+    # attention over the CNN's locations has dropout: it draws from torch's global generator every step
+    toy_config["defaults"]["encoders"]["image"].update(pool="mean", attention_layers=1, heads=2)
+    plain = run(toy_config, tmp_path / "a", progress=False).results[0]
+    toy_config["methods"] = [{"name": "infonce", "loss": {"name": "infonce"},
+                              "heads": {"unused": {"name": "linear-head"}}}]
+    headed = run(toy_config, tmp_path / "b", progress=False).results[0]
+    assert [h["loss"] for h in headed.history] == [h["loss"] for h in plain.history]
+    assert headed.metrics == plain.metrics

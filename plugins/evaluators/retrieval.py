@@ -16,7 +16,7 @@ class Retrieval(Evaluator):
     cosine similarity of pooled embeddings, or its own, e.g. match-map)."""
 
     lower_is_better = frozenset({"i2t_medr", "t2i_medr", "i2t_meanr", "t2i_meanr"})
-    units = {"*R@*": "%", "rsum": "%"}
+    units = {"*R@*": "%"}  # rsum is a sum of percentages (up to 600), not one
 
     def __init__(self, ks: Sequence[int] = (1, 5, 10)):
         ks = tuple(int(k) for k in ks)
