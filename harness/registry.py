@@ -80,6 +80,10 @@ class Component:
         return self.factory(**params, **extra)
 
 
+def _hook_names() -> list[str]:
+    return [n for n in dir(hookspecs) if n.startswith(("register_", "on_"))]
+
+
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise UnknownComponentError(
@@ -195,9 +199,17 @@ class Registry:
     def _register(self, plugin: object, name: str, info: PluginInfo) -> bool:
         try:
             self.pm.register(plugin, name=name)
-        except Exception as exc:  # e.g. a hookimpl whose name or arguments match no spec
+        except Exception as exc:  # e.g. a hookimpl whose arguments match no spec
             self.load_errors.append(PluginLoadError(name, f"{type(exc).__name__}: {exc}",
                                                     traceback.format_exc()))
+            return False
+        unknown = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []
+                         if not caller.has_spec())
+        if unknown:  # a misspelt hook (register_lossez) would otherwise register nothing, silently
+            self.pm.unregister(plugin)
+            self.load_errors.append(PluginLoadError(
+                name, f"hook(s) {', '.join(unknown)} match no hook of the contract"
+                      f"{did_you_mean(unknown[0], _hook_names())}; see harness/hookspecs.py"))
             return False
         info.hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
         self.plugins[name] = info

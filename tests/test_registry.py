@@ -152,3 +152,16 @@ def test_cli_plugin_option_loads_module():
                          capture_output=True, text=True, env=cli_env(), timeout=120)
     assert "harness_test_plugin" in out.stdout and "--plugin" in out.stdout
     assert "on_run_end" in out.stdout
+
+
+def test_a_misspelt_hook_is_an_error_not_a_silent_no_op(tmp_path, monkeypatch):
+    (tmp_path / "misspelt_plugin.py").write_text(
+        "from harness import hookimpl\n\n@hookimpl\ndef register_lossez(register):\n"
+        "    register('never', object)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginImportError, match="register_lossez match no hook.*did you mean 'register_losses'"):
+        load_plugins(["misspelt_plugin"])
+    registry = Registry()
+    registry.add_plugin(__import__("misspelt_plugin"), "misspelt")  # an object: reported, not raised
+    assert any(e.name == "misspelt" and "register_lossez" in e.error for e in registry.load_errors)
+    assert "never" not in registry.available("loss")["loss"]
