@@ -112,6 +112,49 @@ class Encoder(nn.Module):
         return torch.as_tensor(raw)
 
 
+class Transform(nn.Module):
+    """A training-time batch transform: ``transform(images, **extras)`` on raw images as floats in
+    [0, 1] ``[B, C, H, W]``, before the image encoder's ``prepare``; never applied at evaluation.
+
+    ``forward`` names the per-image extras it needs (``gaze``, ``obj_bbox``, ``relations``, ``captions``)
+    and returns the new images, or ``(images, {extra: new_value})`` for extras it changed with them.
+    Random draws use torch's global generator, which the runner seeds per batch from the run's seed.
+    """
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def transform_extras(transform: nn.Module, required: bool = False) -> list[str]:
+    """The keyword extras a transform's ``forward`` names after the images (``required``: only those
+    without a default, which the dataset must provide; the others are passed when it has them)."""
+    params = list(inspect.signature(transform.forward).parameters.values())[1:]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and not (required and p.default is not p.empty)]
+
+
+def apply_transforms(transforms: list[nn.Module], images: torch.Tensor,
+                     extras: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Apply ``transforms`` in order; each gets the extras it names (as changed by earlier ones) and
+    may return changed extras, which replace the old ones in the returned dict."""
+    extras = dict(extras)
+    for transform in transforms:
+        wanted = {name: extras[name] for name in transform_extras(transform) if name in extras}
+        out = transform(images, **wanted)
+        if isinstance(out, tuple):
+            images, changed = out
+            unknown = sorted(set(changed) - set(wanted))
+            if unknown:
+                raise ValueError(f"transform {type(transform).__name__} returned extras it was not given: "
+                                 f"{', '.join(unknown)}")
+            extras.update(changed)
+        else:
+            images = out
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise ValueError(f"transform {type(transform).__name__} must return images [B, C, H, W]")
+    return images, extras
+
+
 class Sampler:
     """Decides which negatives a loss sees, and may keep state across steps.
 

@@ -10,7 +10,8 @@ as written in the benchmark YAML (``{name: infonce, temperature: 0.07}``), check
 before anything trains. The first line of the factory's docstring is the one-line description that
 ``harness list`` prints. Factories may also accept these *context* parameters, which the runner fills in
 and users never write: ``embed_dim`` (int), ``dataset_info`` (:class:`harness.data.DatasetInfo`) and,
-for encoders, ``modality`` (``"image"`` or ``"text"``: the side of the pair the encoder is built for).
+for encoders, ``modality`` (``"image"`` or ``"text"``: the side of the pair the encoder is built for) and,
+for an encoder's head, ``input_dim`` (the encoder's ``output_dim``).
 
 Lifecycle hooks observe a benchmark as it runs (loggers, reporters, dashboards). They must not change
 what is trained; an exception in one is reported and does not stop the benchmark.
@@ -37,7 +38,9 @@ def register_encoders(register):
     modality's prepared batch to a pooled ``[B, D]`` tensor, or to
     :class:`harness.components.TokenFeatures` (``features [B, N, D]`` per location / token and a
     boolean ``mask [B, N]``, True = real) for methods that score locations against tokens; it exposes
-    ``output_dim``, ``modality`` and ``prepare(raw_batch)``.
+    ``output_dim``, ``modality`` and ``prepare(raw_batch)``. Every encoder also takes a ``head`` option
+    in YAML (``{name: resnet, head: {name: mlp, hidden: [512]}}``): the runner stacks that registered
+    head on it (the student–teacher pattern), so the pair's outputs meet in ``embed_dim``.
     """
 
 
@@ -91,10 +94,29 @@ def register_heads(register):
     """Register task heads: ``register(name, factory)``.
 
     The factory builds a trainable ``torch.nn.Module`` on top of encoder features for a structured
-    task (cross-attention grounding of object phrases, a bilinear relation module). A method lists its
+    task (cross-attention grounding of object phrases, a bilinear relation module), or between an
+    encoder and the shared space (the ``mlp`` teacher heads of student–teacher encoders: an encoder's
+    ``head: {name: mlp, hidden: [512]}`` option, built with the context parameter ``input_dim``, the
+    encoder's ``output_dim``, and ending at ``embed_dim``). A method lists its
     heads (``heads: {relation: {name: bilinear-relation}}``); the runner builds them with the context
     parameters, trains them with the encoders (``model.heads[key]``), hands them to a loss whose
     ``forward`` names ``heads``, and evaluators find them on the trained model.
+    """
+
+
+@hookspec
+def register_transforms(register):
+    """Register training transforms: ``register(name, factory)``.
+
+    The factory builds a ``torch.nn.Module`` called as ``transform(images, **extras)`` on the training
+    batch's raw images as floats in [0, 1] ``[B, C, H, W]``, before the image encoder's ``prepare``;
+    never at evaluation. A method lists them, applied in order: ``train: {transforms: [{name: hflip},
+    {name: gaze, p: 0.3}]}``. The transform gets the per-image extras its ``forward`` names (``gaze``,
+    ``obj_bbox``, ``relations``…, and ``captions``: the batch's caption strings) and returns the new
+    images, or ``(images, {extra: new_value})`` for extras it moved with the image (a flip moves the
+    gaze maps and boxes and swaps "left" and "right"); later transforms and the loss see those. It
+    draws random numbers from torch's global generator only, which the runner seeds for every batch
+    from the run's seed (apart from the model's own random stream), so a run is reproducible.
     """
 
 

@@ -5,6 +5,7 @@ building components) and the check that a stored result belongs to a job.
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 from typing import Any, Mapping
@@ -74,11 +75,14 @@ def plan(spec: BenchmarkSpec, registry: Registry | None = None) -> list[Job]:
 
 def components_of(spec: BenchmarkSpec, method: MethodSpec) -> list[tuple[str, ComponentSpec]]:
     """Every component one method's run uses: ``(kind, spec)`` pairs."""
-    parts = [("dataset", spec.dataset), ("encoder", method.encoders.image),
-             ("encoder", method.encoders.text)]
+    parts: list[tuple[str, ComponentSpec]] = [("dataset", spec.dataset)]
+    for comp in (method.encoders.image, method.encoders.text):
+        base, head, _ = encoder_head(comp)
+        parts += [("encoder", base)] + ([("head", head)] if head is not None else [])
     for stage in method.stage_list():
         parts += [(kind, comp) for kind, comp in (("loss", stage.loss), ("sampler", stage.sampler))
                   if comp is not None]
+        parts += [("transform", comp) for comp in method.stage_train(stage).transforms]
     if method.estimator is not None:
         parts.append(("estimator", method.estimator))
     parts += [("head", comp) for comp in method.heads.values()]
@@ -131,6 +135,53 @@ def describe_device(device: torch.device) -> str:
 
 def _build(registry: Registry, kind: str, comp: ComponentSpec, context: dict[str, Any]) -> Any:
     return registry.get(kind, comp.name).build(comp.params, context)
+
+
+DEFAULT_ENCODER_HEAD = "mlp"
+
+
+def encoder_head(comp: ComponentSpec) -> tuple[ComponentSpec, ComponentSpec | None, int | None]:
+    """Split an encoder spec into the encoder itself, its ``head`` (``{name: mlp, …}``; the name may be
+    left out: ``mlp``) or None, and its ``output_dim`` option (the encoder's own output size before the
+    head, in place of ``embed_dim``) or None."""
+    params = comp.params
+    head, output_dim = params.pop("head", None), params.pop("output_dim", None)
+    base = ComponentSpec(name=comp.name, **params)
+    if output_dim is not None:
+        if head is None:
+            raise ValueError("output_dim sets the encoder's own output size before its head; without a "
+                             "`head` the encoder outputs embed_dim")
+        if isinstance(output_dim, bool) or not isinstance(output_dim, int) or output_dim < 1:
+            raise ValueError(f"output_dim must be a positive integer, got {output_dim!r}")
+    if head is None or isinstance(head, ComponentSpec):
+        return base, head, output_dim
+    if not isinstance(head, dict):
+        raise ValueError(f"head must be a mapping such as {{name: mlp, hidden: [512]}}, got {head!r}")
+    return base, ComponentSpec.model_validate({"name": DEFAULT_ENCODER_HEAD, **head}), output_dim
+
+
+def build_encoder(registry: Registry, comp: ComponentSpec, context: dict[str, Any]) -> Any:
+    """An encoder, with the head its ``head`` option names stacked on it (built with ``input_dim`` =
+    the encoder's ``output_dim`` and ending at ``embed_dim``)."""
+    from harness.model import HeadedEncoder
+
+    base_spec, head_spec, output_dim = encoder_head(comp)
+    base = _build(registry, "encoder", base_spec, encoder_context(registry, base_spec, context, output_dim))
+    if head_spec is None:
+        return base
+    head = _build(registry, "head", head_spec, {**context, "input_dim": int(base.output_dim)})
+    return HeadedEncoder(base, head)
+
+
+def encoder_context(registry: Registry, comp: ComponentSpec, context: dict[str, Any],
+                    output_dim: int | None) -> dict[str, Any]:
+    """The context an encoder is built with: ``embed_dim`` replaced by its ``output_dim`` option."""
+    if output_dim is None:
+        return context
+    if "embed_dim" not in inspect.signature(registry.get("encoder", comp.name).factory).parameters:
+        raise ValueError(f"output_dim: encoder {comp.name!r} has a fixed output size (it takes no "
+                         "embed_dim); leave output_dim out")
+    return {**context, "embed_dim": output_dim}
 
 
 

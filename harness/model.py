@@ -58,6 +58,28 @@ def blockwise_scores(score_fn: Callable[[Any, Any], torch.Tensor], image_emb: An
     return out if out is not None else torch.empty(n_img, n_txt)
 
 
+class HeadedEncoder(nn.Module):
+    """An encoder (``base``: the student) followed by a head (``head``: the teacher, e.g. an MLP to
+    ``embed_dim``), built by the runner from an encoder's ``head`` option. ``prepare`` is the base's;
+    token features go through the head token by token."""
+
+    def __init__(self, base: nn.Module, head: nn.Module):
+        super().__init__()
+        self.base, self.head = base, head
+        self.modality = getattr(base, "modality", "any")
+        self.trainable = getattr(base, "trainable", True) or any(p.requires_grad for p in head.parameters())
+        self.output_dim = int(getattr(head, "output_dim"))
+
+    def prepare(self, raw: Any) -> Any:
+        return self.base.prepare(raw)
+
+    def forward(self, batch: Any) -> Any:
+        out = self.base(batch)
+        if isinstance(out, TokenFeatures):
+            return out.map(self.head)
+        return self.head(out)
+
+
 class DualEncoder(nn.Module):
     """An image encoder and a text encoder trained jointly; ``forward`` embeds a prepared pair batch.
 

@@ -30,11 +30,12 @@ KINDS: dict[str, str] = {
     "dataset": "register_datasets",
     "estimator": "register_estimators",
     "head": "register_heads",
+    "transform": "register_transforms",
     "launcher": "register_launchers",
 }
 
 #: parameters the runner fills in; users never write them in YAML
-CONTEXT_PARAMS = frozenset({"embed_dim", "dataset_info", "modality"})
+CONTEXT_PARAMS = frozenset({"embed_dim", "dataset_info", "modality", "input_dim"})
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 from harness.components import EvalContext
 from harness.config import BenchmarkSpec, ComponentSpec
 from harness.errors import ConfigError, HarnessError
-from harness.jobs import (Diverged, Job, _build, dataset_record, describe_device, get_dataset, plan,
+from harness.jobs import (Diverged, Job, _build, build_encoder, dataset_record, describe_device, get_dataset, plan,
                           resolve_device, seed_everything, stale_reason)
 from harness.model import DualEncoder, EstimatorModel
 from harness.plots import plot_results
@@ -101,8 +101,8 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         seed_everything(job.seed)
         context = {"embed_dim": spec.embed_dim, "dataset_info": dataset.info}
         encoders = DualEncoder(
-            _build(registry, "encoder", spec.encoders.image, {**context, "modality": "image"}),
-            _build(registry, "encoder", spec.encoders.text, {**context, "modality": "text"}),
+            build_encoder(registry, spec.encoders.image, {**context, "modality": "image"}),
+            build_encoder(registry, spec.encoders.text, {**context, "modality": "text"}),
             batch_size=spec.train.eval_batch_size, device=device)
         for key, comp in spec.heads.items():  # trainable task heads, trained and saved with the encoders
             # initialised from their own seed: adding a head leaves every other random draw of the run

@@ -48,6 +48,8 @@ class TrainSpec(BaseModel):
     # CPU threads torch uses for this run (None: torch's default, one per core); 1 when several
     # benchmarks share a machine, whose default thread pools otherwise oversubscribe the cores
     threads: PositiveInt | None = None
+    # training-time transforms of the raw images, applied in order (never at evaluation)
+    transforms: list[ComponentSpec] = []
 
 
 class EncodersSpec(BaseModel):
@@ -170,8 +172,9 @@ class BenchmarkSpec(BaseModel):
     report: ReportSpec = ReportSpec()
     plugins: list[str] = []  # extra plugin modules, like --plugin
     # splits the evaluators score: test metrics keep their names ("retrieval/rsum"), the others get
-    # the split as a prefix ("val/retrieval/rsum") so settings can be chosen on val, reported on test
-    eval_splits: list[Literal["val", "test"]] = Field(default_factory=lambda: ["test"], min_length=1)
+    # the split as a prefix ("val/retrieval/rsum") so settings can be chosen on val, reported on test;
+    # "train" scores the training split (as it is, without training transforms) for train–val gaps
+    eval_splits: list[Literal["val", "test", "train"]] = Field(default_factory=lambda: ["test"], min_length=1)
     # where the jobs run (an execution setting: never part of a result's configuration)
     launcher: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="inline"))
     # variant name -> {"base": name as written, "values": {swept key path: value}}; filled by resolve

@@ -8,13 +8,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.components import Sampler
+from harness.components import Sampler, apply_transforms, transform_extras
 from harness.config import StageSpec, TrainSpec
 from harness.data import Dataset, Split
 from harness.errors import HarnessError
@@ -67,12 +67,37 @@ def lr_factor(step: int, steps_per_epoch: int, train: TrainSpec) -> float:
     return 1.0
 
 
+def float_images(raw: Any) -> torch.Tensor:
+    """A raw image batch as floats in [0, 1] (``uint8`` is divided by 255; floats are kept)."""
+    x = raw if isinstance(raw, torch.Tensor) else torch.as_tensor(np.asarray(raw))
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+
 def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np.ndarray,
-               extras_wanted: list[str], class_names: list[str], device: torch.device
+               extras_wanted: list[str], class_names: list[str], device: torch.device,
+               transforms: Sequence[torch.nn.Module] = (), transform_seed: int | None = None
                ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The prepared inputs of images ``index`` paired with texts ``captions``, and the loss's extras."""
-    batch = {"images": to_device(model.image_encoder.prepare(take(split.images, index)), device),
-             "texts": to_device(model.text_encoder.prepare(split.take_texts(captions)), device)}
+    """The prepared inputs of images ``index`` paired with texts ``captions``, and the loss's extras.
+
+    ``transforms`` (training only) run on the raw images as floats in [0, 1] before ``prepare``, with
+    torch's global generator seeded from ``transform_seed`` inside :func:`torch.random.fork_rng`, so
+    they neither depend on nor shift the model's random stream; extras they move (gaze maps, boxes,
+    captions) are what the loss then sees."""
+    images, texts = take(split.images, index), split.take_texts(captions)
+    moved: dict[str, Any] = {}
+    if transforms:
+        wanted = {name for t in transforms for name in transform_extras(t)}
+        given: dict[str, Any] = {name: torch.as_tensor(np.asarray(split.extras[name])[index])
+                                 for name in wanted if name in split.extras}
+        if "captions" in wanted:
+            given["captions"] = list(texts)
+        with torch.random.fork_rng(devices=[]):
+            if transform_seed is not None:
+                torch.manual_seed(transform_seed)
+            images, moved = apply_transforms(list(transforms), float_images(images), given)
+        texts = moved.pop("captions", texts)
+    batch = {"images": to_device(model.image_encoder.prepare(images), device),
+             "texts": to_device(model.text_encoder.prepare(texts), device)}
     extras = {}
     for name in extras_wanted:
         if name in ("images", "texts"):  # the prepared inputs, e.g. for reconstruction losses
@@ -84,6 +109,8 @@ def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np
         elif name == "label_emb":
             labels_in = model.text_encoder.prepare(class_names)
             extras[name] = model.text_encoder(to_device(labels_in, device))
+        elif name in moved:
+            extras[name] = torch.as_tensor(moved[name]).to(device)
         elif name in split.extras:
             extras[name] = torch.as_tensor(np.asarray(split.extras[name])[index]).to(device)
     return batch, extras
@@ -157,6 +184,7 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
     if hasattr(loss_fn, "pair_scores"):  # the method's own pair score (match-map), also for val curves
         model.scorer = loss_fn.pair_scores
     extras_wanted = _loss_extras(loss_fn)
+    transforms = [_build(registry, "transform", comp, context) for comp in train.transforms]
     class_names = list(dataset.info.class_names)
     model_params = [p for p in model.parameters() if p.requires_grad]
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
@@ -179,6 +207,8 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
     stage_seed = job.seed if k == 0 else int(np.random.default_rng([job.seed, k]).integers(2**62))
     order_rng = torch.Generator().manual_seed(stage_seed)
     caption_rng = np.random.default_rng(stage_seed)
+    transform_rng = np.random.default_rng([stage_seed, 1])  # a stream of its own: adding a transform
+    # changes neither the batches nor the captions drawn
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                               enabled=train.precision == "bf16")
 
@@ -186,8 +216,10 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
         # one random caption of each image per step: every caption is seen across epochs
         return flat_texts[offsets[index] + (caption_rng.random(len(index)) * counts[index]).astype(int)]
 
-    def batch_loss(index: np.ndarray, captions: np.ndarray) -> tuple[torch.Tensor, dict, Any, Any]:
-        batch, extras = make_batch(model, split, index, captions, extras_wanted, class_names, device)
+    def batch_loss(index: np.ndarray, captions: np.ndarray, transform_seed: int | None
+                   ) -> tuple[torch.Tensor, dict, Any, Any]:
+        batch, extras = make_batch(model, split, index, captions, extras_wanted, class_names, device,
+                                   transforms, transform_seed)
         with autocast:
             image_emb, text_emb = model(batch["images"], batch["texts"])
             loss = sampler.compute_loss(loss_fn, model, batch, image_emb, text_emb, extras)
@@ -213,12 +245,13 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
             for step in range(steps_per_epoch):
                 index = trainable[perm[step * batch_size:(step + 1) * batch_size]]
                 captions = draw_captions(index)
+                transform_seed = int(transform_rng.integers(2**62)) if transforms else None
                 if full_batch:
                     # L-BFGS evaluates the closure several times per step: all on the same captions,
                     # or its line search would chase a moving objective
                     def closure():
                         optimizer.zero_grad(set_to_none=True)
-                        value = batch_loss(index, captions)[0]
+                        value = batch_loss(index, captions, transform_seed)[0]
                         value.backward()
                         return value
                     loss = optimizer.step(closure)
@@ -227,7 +260,7 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                     bar.update(1)
                     continue
                 try:
-                    loss, batch, image_emb, text_emb = batch_loss(index, captions)
+                    loss, batch, image_emb, text_emb = batch_loss(index, captions, transform_seed)
                 except Diverged as exc:
                     raise Diverged(f"{exc} at {where}epoch {epoch}, step {step}") from None
                 optimizer.zero_grad(set_to_none=True)
@@ -281,8 +314,9 @@ DRY_RUN_SAMPLES = 4
 
 
 def dry_run(model: DualEncoder, loss: torch.nn.Module, sampler: Sampler, split: Split,
-            dataset: Dataset) -> None:
-    """One forward pass of encoders + sampler + loss on the first few trainable samples, no gradient."""
+            dataset: Dataset, transforms: Sequence[torch.nn.Module] = ()) -> None:
+    """One forward pass of transforms + encoders + sampler + loss on the first few trainable samples,
+    no gradient."""
     texts_of_image = split.texts_of_image()
     index = np.array([i for i, t in enumerate(texts_of_image) if len(t)][:DRY_RUN_SAMPLES])
     if len(index) == 0:
@@ -291,7 +325,7 @@ def dry_run(model: DualEncoder, loss: torch.nn.Module, sampler: Sampler, split: 
     sampler.setup(model, loss)
     with torch.no_grad():
         batch, extras = make_batch(model, split, index, captions, _loss_extras(loss),
-                                   list(dataset.info.class_names), torch.device("cpu"))
+                                   list(dataset.info.class_names), torch.device("cpu"), transforms, 0)
         image_emb, text_emb = model(batch["images"], batch["texts"])
         sampler.compute_loss(loss, model, batch, image_emb, text_emb, extras)
 

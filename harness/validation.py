@@ -7,11 +7,11 @@ import fnmatch
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from harness.components import Sampler
+from harness.components import Sampler, transform_extras
 from harness.config import BenchmarkSpec, ComponentSpec, load_benchmark
 from harness.errors import ConfigError, HarnessError, did_you_mean
-from harness.jobs import get_dataset
-from harness.model import DualEncoder
+from harness.jobs import encoder_context, encoder_head, get_dataset
+from harness.model import DualEncoder, HeadedEncoder
 from harness.registry import PluginImportError, Registry, load_plugins
 from harness.training import DRY_RUN_SAMPLES, dry_run, freeze
 
@@ -46,6 +46,23 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
         except Exception as exc:  # a constructor rejecting a value, a missing weights file, …
             raise error(_describe(exc), field) from None
 
+    def build_encoder(comp: ComponentSpec, field: str, context: dict[str, Any], *,
+                      defaults: bool = False) -> Any:
+        # the encoder, then the head its `head` option names, built on the encoder's output size
+        try:
+            base_spec, head_spec, output_dim = encoder_head(comp)
+            base_context = encoder_context(registry, base_spec, context, output_dim)
+        except ValueError as exc:
+            at = "output_dim" if str(exc).startswith("output_dim") else "head"
+            raise error(str(exc), f"{field}.{at}") from None
+        except ConfigError as exc:  # an unknown encoder name
+            raise error(exc.message, f"{field}.name") from None
+        base = build("encoder", base_spec, field, base_context, defaults=defaults)
+        if head_spec is None or base is None:
+            return base
+        head = build("head", head_spec, f"{field}.head", {**context, "input_dim": int(base.output_dim)})
+        return HeadedEncoder(base, head)
+
     evaluators = {comp.name: build("evaluator", comp, f"evaluators[{comp.name}]") for comp in spec.evaluators}
     check_report_metrics(spec, evaluators, file)
     try:
@@ -59,6 +76,19 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
         raise error(exc.message, f"dataset.{exc.field or 'name'}") from None
     except Exception as exc:
         raise error(_describe(exc), "dataset") from None
+    def check_transform(transform: Any, comp: ComponentSpec, field: str) -> Any:
+        # transforms work on image batches [B, C, H, W] and need the per-image extras they name
+        if len(dataset.info.image_shape) != 3:
+            raise error(f"transform {comp.name!r} needs images shaped (C, H, W); dataset "
+                        f"{spec.dataset.name!r} has {tuple(dataset.info.image_shape)}", field)
+        have = set(splits["train"].extras) | ({"captions"} if dataset.info.text_kind == "caption" else set())
+        missing = [name for name in transform_extras(transform, required=True) if name not in have]
+        if missing:
+            raise error(f"transform {comp.name!r} needs the per-image {', '.join(missing)} of each training "
+                        f"image, which dataset {spec.dataset.name!r} does not provide (it has: "
+                        f"{', '.join(sorted(have)) or 'none'})", field)
+        return transform
+
     # a component written in `defaults` is built once at its own path, so that its problems are reported
     # there and not once per method (a method naming another component replaces it whole); one without
     # a name is completed by the methods
@@ -71,12 +101,19 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
             ("loss", d.loss, "defaults.loss", {}), ("sampler", d.sampler, "defaults.sampler", {}),
             ("estimator", d.estimator, "defaults.estimator", {})):
         if comp is not None and comp.name is not None:
-            build(kind, comp, field, {**context, **extra}, defaults=True)
+            if kind == "encoder":
+                build_encoder(ComponentSpec.model_validate(comp.model_dump()), field,
+                              {**context, **extra}, defaults=True)
+            else:
+                build(kind, comp, field, {**context, **extra}, defaults=True)
+    for i, comp in enumerate(d.train.transforms if d.train else []):
+        check_transform(build("transform", comp, f"defaults.train.transforms[{i}]", context),
+                        comp, f"defaults.train.transforms[{i}]")
     for m in spec.methods:
         where = f"methods[{m.name}]"
         context = {"embed_dim": m.embed_dim, "dataset_info": dataset.info}
-        image = build("encoder", m.encoders.image, f"{where}.encoders.image", {**context, "modality": "image"})
-        text = build("encoder", m.encoders.text, f"{where}.encoders.text", {**context, "modality": "text"})
+        image = build_encoder(m.encoders.image, f"{where}.encoders.image", {**context, "modality": "image"})
+        text = build_encoder(m.encoders.text, f"{where}.encoders.text", {**context, "modality": "text"})
         if m.estimator is not None:
             build("estimator", m.estimator, f"{where}.estimator", context)
             continue
@@ -89,6 +126,10 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
             loss = build("loss", stage.loss, f"{at}.loss", context)
             sampler = build("sampler", stage.sampler, f"{at}.sampler", context) if stage.sampler \
                 else Sampler()
+            transforms = []
+            for i, comp in enumerate(train.transforms):
+                field = f"{at}.train.transforms[{i}]"
+                transforms.append(check_transform(build("transform", comp, field, context), comp, field))
             try:
                 sampler.check_loss(loss)
             except (ValueError, TypeError) as exc:
@@ -111,7 +152,7 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
             if not forward_check:
                 continue
             try:
-                dry_run(model, loss, sampler, splits["train"], dataset)
+                dry_run(model, loss, sampler, splits["train"], dataset, transforms)
             except Exception as exc:
                 raise error(f"the encoders{', heads' if m.heads else ''} and loss do not work together "
                             f"on this dataset: a forward pass on {DRY_RUN_SAMPLES} training samples failed "

@@ -284,6 +284,27 @@ def register_heads(register):
     register("linear-head", LinearHead)
 
 
+#: (training mode of torch's grad, batch size) of every call of the `counting` transform
+TRANSFORM_CALLS: list[tuple[bool, int]] = []
+
+
+class CountingTransform(torch.nn.Module):
+    """Records each call (to prove transforms run at training steps only) and adds uniform noise."""
+
+    def __init__(self, noise: float = 0.0):
+        super().__init__()
+        self.noise = noise
+
+    def forward(self, images):
+        TRANSFORM_CALLS.append((torch.is_grad_enabled(), images.shape[0]))
+        return (images + self.noise * torch.rand_like(images)).clamp(0, 1)
+
+
+@hookimpl
+def register_transforms(register):
+    register("counting", CountingTransform)
+
+
 @hookimpl
 def on_benchmark_start(benchmark, jobs):
     EVENTS.append(("benchmark_start", benchmark.name, len(jobs)))

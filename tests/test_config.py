@@ -101,7 +101,7 @@ def test_sweep_needs_lists():
      "methods[a]", "exactly one of 'loss'"),
     (MINIMAL.replace("name: b", "name: a"), "methods", "names must be unique; repeated: a"),
     (MINIMAL + "evaluators: [{name: retrieval}, {name: retrieval, ks: [1]}]\n", "evaluators", "repeated"),
-    (MINIMAL + "eval_splits: [train]\n", "eval_splits[0]", "'val' or 'test'"),
+    (MINIMAL + "eval_splits: [training]\n", "eval_splits[0]", "'val', 'test' or 'train'"),
     (MINIMAL.replace("name: mini", "name: ../../etc"), "name", "pattern"),
     (MINIMAL + "seeds: [1, 1]\n", "seeds", "unique"),
 ])

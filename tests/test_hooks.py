@@ -3,6 +3,8 @@
 import inspect
 import sys
 
+import torch
+
 import harness
 from harness import hookspecs
 from harness.registry import KINDS, Registry, load_plugins
@@ -71,6 +73,14 @@ def test_hook_register_heads():
     assert "scale-head" in registry.available("head")["head"]
     head = registry.create("head", "scale-head")
     assert [n for n, _ in head.named_parameters()] == ["scale"]
+
+
+def test_hook_register_transforms():
+    assert "counting" in _registered_by("register_transforms", "harness_test_plugin")
+    assert {"gaze", "hflip"} <= set(Registry().available("transform")["transform"])
+    transform = load_plugins(["harness_test_plugin"]).create("transform", "counting", noise=0.0)
+    images = torch.rand(2, 3, 4, 4)
+    assert torch.equal(transform(images), images)
 
 
 def test_hook_register_launchers():
