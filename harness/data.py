@@ -88,6 +88,12 @@ class Dataset:
     def split(self, name: str) -> Split:
         raise NotImplementedError
 
+    def relevance(self, split_name: str) -> Any:
+        """Which images each text of a split is true of: a boolean ``[n_texts, n_images]`` matrix (dense
+        or scipy.sparse), or ``None`` when the dataset has no exact relevance — evaluators then fall back
+        to each text's own image (``Split.text_to_image``)."""
+        return None
+
     def fingerprint(self) -> str:
         h = hashlib.blake2b(digest_size=16)
         for name in self.splits:

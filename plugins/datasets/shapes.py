@@ -30,6 +30,7 @@ import numpy as np
 
 from harness import hookimpl
 from harness.data import Dataset, DatasetInfo, Split
+from harness_plugins.datasets.shapes_relevance import caption_relevance
 
 # the scene generator's public names are this module's too (re-exported)
 from harness_plugins.datasets.shapes_scenes import (  # noqa: F401
@@ -142,6 +143,13 @@ class ShapesDataset(Dataset):
         if name not in self._splits:
             self._splits[name] = _to_split(name, self._data(name), self._held)
         return self._splits[name]
+
+    def relevance(self, split_name: str):
+        """Exact relevance: a boolean scipy.sparse CSR ``[n_texts, n_images]``, true where a caption is
+        true of an image (every object it mentions is there, every stated relation holds; see
+        :func:`harness_plugins.datasets.shapes_relevance.caption_relevance`)."""
+        split = self.split(split_name)
+        return caption_relevance(split.texts, split.extras)
 
     def _data(self, name: str) -> dict[str, Any]:
         key = self.cache_key(name)
