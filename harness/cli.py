@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _encoder_label(comp) -> str:
+    """``efficientnet → mlp`` for an encoder with a head, else the encoder's name."""
+    head = comp.params.get("head")
+    return f"{comp.name} → {head.get('name', 'mlp')}" if isinstance(head, dict) else comp.name
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.plugin = [*args.plugin_before_command, *args.plugin]
@@ -153,7 +159,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                 objective = f"loss {m.loss.name}" if m.loss else f"estimator {m.estimator.name}"
             sampler = f", sampler {m.sampler.name}" if m.sampler else ""
             sampler += "".join(f", head {key}: {comp.name}" for key, comp in m.heads.items())
-            print(f"  {m.name}: {m.encoders.image.name} + {m.encoders.text.name}, {objective}{sampler}")
+            transforms = [t.name for t in m.train.transforms]
+            sampler += f", transforms {' → '.join(transforms)}" if transforms else ""
+            print(f"  {m.name}: {_encoder_label(m.encoders.image)} + {_encoder_label(m.encoders.text)}, "
+                  f"{objective}{sampler}")
         return 0
 
     if args.command == "table":

@@ -1,4 +1,4 @@
-"""SimCLR's augmentations as training transforms (plugins/transforms/augment.py): random resized crop,
+"""SimCLR's augmentations as training transforms (plugins/transforms/geometric.py, photometric.py): random resized crop,
 colour jitter, grayscale, Gaussian blur, quarter-turn rotation, cutout, Gaussian noise and Sobel edges —
 each per image with probability ``p``, moving gaze maps and boxes where it moves pixels, reproducible
 under torch's seed, and usable in a run."""
@@ -16,9 +16,9 @@ from harness.errors import ConfigError
 from harness.runner import run
 
 from harness_plugins.datasets.shapes_scenes import RELATIONS, VOCAB
-from harness_plugins.transforms.augment import (
-    ColorJitter, Cutout, GaussianBlur, GaussianNoise, Grayscale, RandomResizedCrop, Rotate90, Sobel,
-    blur_kernel_size, crop_boxes)
+from harness_plugins.transforms.geometric import RandomResizedCrop, Rotate90, crop_boxes
+from harness_plugins.transforms.photometric import (
+    ColorJitter, Cutout, GaussianBlur, GaussianNoise, Grayscale, Sobel, blur_kernel_size)
 
 CLASSES = {"random-resized-crop": RandomResizedCrop, "color-jitter": ColorJitter, "grayscale": Grayscale,
            "gaussian-blur": GaussianBlur, "rotate90": Rotate90, "cutout": Cutout,

@@ -10,7 +10,7 @@ from harness.validation import prepare
 
 from conftest import ROOT
 
-NEEDS_LOCAL_DATA = {"coco-grounding.yaml"}
+NEEDS_LOCAL_DATA = {"coco-grounding.yaml", "podguzova-coco.yaml"}
 FILES = sorted((ROOT / "benchmarks").glob("*.yaml"))
 
 

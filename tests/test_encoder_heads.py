@@ -91,3 +91,23 @@ def test_bad_head_options_are_config_errors_naming_the_field(tmp_path, image, fi
     with pytest.raises(ConfigError, match=message) as info:
         run(_config(image=image), tmp_path, progress=False)
     assert info.value.field == field
+
+
+def test_the_mlp_encoder_and_the_mlp_head_build_the_same_layers():
+    from harness.data import DatasetInfo
+
+    torch.manual_seed(0)
+    encoder = harness.create("encoder", "mlp", hidden=[8, 5], activation="leaky_relu", dropout=0.2,
+                             embed_dim=4, dataset_info=DatasetInfo(name="v", image_shape=(6,)))
+    torch.manual_seed(0)
+    head = MLPHead(hidden=[8, 5], activation="leaky_relu", dropout=0.2, input_dim=6, embed_dim=4)
+    assert [type(m) for m in encoder.net] == [type(m) for m in head.net]
+    assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), head.state_dict().values()))
+
+
+def test_mlp_head_normalises_hidden_layers_when_asked():
+    head = MLPHead(hidden=[8], norm="batch", activation="relu", input_dim=6, embed_dim=3)
+    assert [type(m) for m in head.net] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear]
+    assert isinstance(MLPHead(hidden=[8], norm="layer", input_dim=6).net[1], nn.LayerNorm)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        MLPHead(norm="group", input_dim=6)

@@ -4,7 +4,6 @@ batches only, seeded, before ``prepare``)."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,7 @@ from harness.data import DatasetInfo
 from harness.errors import ConfigError
 from harness.runner import run
 
-from harness_plugins.transforms.augment import HorizontalFlip, swap_sides
+from harness_plugins.transforms.geometric import HorizontalFlip, swap_sides
 from harness_plugins.transforms.gaze import GazeMask, normalized_maps
 
 import harness_test_plugin as toy

@@ -18,10 +18,16 @@ ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "ta
                "sigmoid": nn.Sigmoid, "elu": nn.ELU, "silu": nn.SiLU}
 
 
+NORMS = ("none", "batch", "layer")
+
+
 def mlp_layers(input_dim: int, hidden: Sequence[int], output_dim: int, activation: str = "relu",
-               dropout: float = 0.0, negative_slope: float = 0.01) -> nn.Sequential:
-    """``Linear → activation → Dropout`` per hidden width, then a final ``Linear`` to ``output_dim``
-    (no activation after it: the output is an embedding). Clear errors name the parameter."""
+               dropout: float = 0.0, negative_slope: float = 0.01, norm: str = "none") -> nn.Sequential:
+    """``Linear → [norm] → activation → Dropout`` per hidden width, then a final ``Linear`` to
+    ``output_dim`` (no activation after it: the output is an embedding). Clear errors name the
+    parameter."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     if isinstance(hidden, (str, bytes)) or not all(isinstance(w, int) and w > 0 for w in hidden):
@@ -32,7 +38,8 @@ def mlp_layers(input_dim: int, hidden: Sequence[int], output_dim: int, activatio
     d_in = int(input_dim)
     for width in hidden:
         act = ACTIVATIONS[activation](negative_slope) if activation == "leaky_relu" else ACTIVATIONS[activation]()
-        layers += [nn.Linear(d_in, width), act, nn.Dropout(dropout)]
+        normalize = {"none": [], "batch": [nn.BatchNorm1d(width)], "layer": [nn.LayerNorm(width)]}[norm]
+        layers += [nn.Linear(d_in, width), *normalize, act, nn.Dropout(dropout)]
         d_in = width
     layers.append(nn.Linear(d_in, output_dim))
     return nn.Sequential(*layers)
@@ -44,15 +51,18 @@ class MLPHead(nn.Module):
     z = W_L · φ(… φ(W_1 · x + b_1) …) + b_L, with φ = ``activation`` (``leaky_relu`` with
     ``negative_slope``, relu, gelu, tanh, sigmoid, elu, silu) followed by dropout after every hidden layer
     of ``hidden`` widths; the last layer maps to ``embed_dim`` (``hidden: []`` is a linear projection).
+    ``norm`` (``batch`` or ``layer``) normalises each hidden layer before its activation, as SimCLR's
+    projection head does (``batch`` needs token-free ``[B, D]`` inputs).
     """
 
     def __init__(self, hidden: Sequence[int] = (512,), activation: str = "leaky_relu", dropout: float = 0.1,
-                 negative_slope: float = 0.01, input_dim: int | None = None, embed_dim: int = 64):
+                 negative_slope: float = 0.01, norm: str = "none", input_dim: int | None = None,
+                 embed_dim: int = 64):
         super().__init__()
         if input_dim is None:
             raise ValueError("the mlp head needs input_dim (the encoder's output size; the runner fills it "
                              "in when the head is an encoder's `head` option)")
-        self.net = mlp_layers(input_dim, list(hidden), embed_dim, activation, dropout, negative_slope)
+        self.net = mlp_layers(input_dim, list(hidden), embed_dim, activation, dropout, negative_slope, norm)
         self.input_dim, self.output_dim = int(input_dim), int(embed_dim)
 
     def forward(self, x):

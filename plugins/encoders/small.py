@@ -19,6 +19,8 @@ from harness import hookimpl
 from harness.components import Encoder, TokenFeatures
 from harness.data import DatasetInfo
 
+from .heads import mlp_layers  # the mlp encoder's layers are the teacher heads' layers
+
 from .embeddings import word_vector_table
 
 
@@ -225,21 +227,17 @@ def _input_dim(dataset_info: DatasetInfo | None, modality: str | None) -> int:
 
 
 class MLP(Encoder):
-    """A multilayer perceptron on flattened feature vectors (either side of a two-view dataset)."""
+    """A multilayer perceptron on flattened feature vectors (either side of a two-view dataset).
+
+    ``Linear → activation → Dropout`` per ``hidden`` width, then a ``Linear`` to ``embed_dim``: the
+    layers of the ``mlp`` head (:func:`harness_plugins.encoders.heads.mlp_layers`), on raw features.
+    """
 
     def __init__(self, embed_dim: int = 64, hidden: Sequence[int] = (256,), dropout: float = 0.0,
                  activation: str = "relu", dataset_info: DatasetInfo | None = None,
                  modality: str | None = None):
         super().__init__()
-        acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
-        if activation not in acts:
-            raise ValueError(f"activation must be one of {', '.join(acts)}, got {activation!r}")
-        layers, d_in = [], _input_dim(dataset_info, modality)
-        for width in hidden:
-            layers += [nn.Linear(d_in, width), acts[activation](), nn.Dropout(dropout)]
-            d_in = width
-        layers.append(nn.Linear(d_in, embed_dim))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp_layers(_input_dim(dataset_info, modality), list(hidden), embed_dim, activation, dropout)
         self.output_dim = embed_dim
 
     def prepare(self, raw) -> torch.Tensor:

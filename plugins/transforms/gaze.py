@@ -9,12 +9,7 @@ import torch.nn.functional as F
 from harness import hookimpl
 from harness.components import Transform
 
-
-def check_probability(p: float, name: str = "p") -> float:
-    """``p`` as a float in [0, 1], or a ValueError naming the parameter."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
-    return float(p)
+from .common import check_probability
 
 
 def normalized_maps(gaze: torch.Tensor, height: int, width: int) -> torch.Tensor:
