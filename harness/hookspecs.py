@@ -109,8 +109,8 @@ def register_transforms(register):
     """Register training transforms: ``register(name, factory)``.
 
     The factory builds a ``torch.nn.Module`` called as ``transform(images, **extras)`` on the training
-    batch's raw images as floats in [0, 1] ``[B, C, H, W]``, before the image encoder's ``prepare``;
-    never at evaluation. A method lists them, applied in order: ``train: {transforms: [{name: hflip},
+    batch's raw images as floats in [0, 1] ``[B, C, H, W]``, before the image encoder's ``prepare``
+    (which gets the result back in the dataset's own dtype, as at evaluation); never at evaluation. A method lists them, applied in order: ``train: {transforms: [{name: hflip},
     {name: gaze, p: 0.3}]}``. The transform gets the per-image extras its ``forward`` names (``gaze``,
     ``obj_bbox``, ``relations``…, and ``captions``: the batch's caption strings) and returns the new
     images, or ``(images, {extra: new_value})`` for extras it moved with the image (a flip moves the

@@ -79,7 +79,8 @@ def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np
                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The prepared inputs of images ``index`` paired with texts ``captions``, and the loss's extras.
 
-    ``transforms`` (training only) run on the raw images as floats in [0, 1] before ``prepare``, with
+    ``transforms`` (training only) run on the raw images as floats in [0, 1] before ``prepare`` (which
+    then gets them back in the dataset's own dtype, uint8 for ``shapes``, as at evaluation), with
     torch's global generator seeded from ``transform_seed`` inside :func:`torch.random.fork_rng`, so
     they neither depend on nor shift the model's random stream; extras they move (gaze maps, boxes,
     captions) are what the loss then sees."""
@@ -91,10 +92,13 @@ def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np
                                  for name in wanted if name in split.extras}
         if "captions" in wanted:
             given["captions"] = list(texts)
+        raw_dtype = images.dtype if isinstance(images, torch.Tensor) else np.asarray(images).dtype
         with torch.random.fork_rng(devices=[]):
             if transform_seed is not None:
                 torch.manual_seed(transform_seed)
             images, moved = apply_transforms(list(transforms), float_images(images), given)
+        if raw_dtype in (torch.uint8, np.uint8):  # prepare sees what evaluation feeds it: the raw dtype
+            images = images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
         texts = moved.pop("captions", texts)
     batch = {"images": to_device(model.image_encoder.prepare(images), device),
              "texts": to_device(model.text_encoder.prepare(texts), device)}

@@ -116,6 +116,16 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
         text = build_encoder(m.encoders.text, f"{where}.encoders.text", {**context, "modality": "text"})
         if m.estimator is not None:
             build("estimator", m.estimator, f"{where}.estimator", context)
+            # fitted once on fixed features: nothing would train a head or see a transformed batch
+            for side, encoder in (("image", image), ("text", text)):
+                if isinstance(encoder, HeadedEncoder):
+                    raise error("a closed-form method (estimator) is fitted on fixed encoder outputs; "
+                                "an encoder head would stay untrained: remove `head`",
+                                f"{where}.encoders.{side}.head")
+            if m.train.transforms:
+                raise error("a closed-form method (estimator) has no training batches to transform; "
+                            "remove train.transforms (set `train: {transforms: []}` in this method when "
+                            "they come from defaults)", f"{where}.train.transforms")
             continue
         model = DualEncoder(image, text)
         for key, comp in m.heads.items():

@@ -259,6 +259,26 @@ def test_lstm_text_keeps_only_minilm_embedding_table(minilm_lstm):
     assert enc.pad_id == enc.tokenizer.pad_token_id == 0
 
 
+def test_lstm_text_reads_a_local_distilbert_folder(tmp_path, offline):
+    """The paper's text student: a DistilBERT folder (here a tiny random one written with
+    save_pretrained) gives its own embedding table, size and tokenizer."""
+    from transformers import BertTokenizer, DistilBertConfig, DistilBertModel
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "left", "of"]
+    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(tmp_path / "distil")
+    torch.manual_seed(0)
+    model = DistilBertModel(DistilBertConfig(vocab_size=len(words), dim=24, n_layers=1, n_heads=2,
+                                             hidden_dim=32, max_position_embeddings=16))
+    model.save_pretrained(tmp_path / "distil")
+    enc = LSTMText(model=str(tmp_path / "distil"), hidden=8).eval()
+    assert torch.equal(enc.embedding.weight, model.get_input_embeddings().weight.detach())
+    assert enc.lstm.input_size == 24 and enc.output_dim == 8
+    batch = enc.prepare(["a red circle", "a circle left of a red circle"])
+    assert batch["tokens"][0].tolist()[:5] == [2, 5, 6, 7, 3]  # [CLS] a red circle [SEP], then padding 0
+    assert batch["lengths"].tolist() == [5, 9]
+    assert enc(batch).shape == (2, 8)
+
+
 def test_lstm_text_output_is_the_last_state_and_ignores_padding(minilm_lstm):
     enc, table = minilm_lstm
     short, long = "a red circle", "a big blue square left of the red circle and a small green triangle"

@@ -111,3 +111,17 @@ def test_mlp_head_normalises_hidden_layers_when_asked():
     assert isinstance(MLPHead(hidden=[8], norm="layer", input_dim=6).net[1], nn.LayerNorm)
     with pytest.raises(ValueError, match="norm must be one of"):
         MLPHead(norm="group", input_dim=6)
+
+
+def test_closed_form_methods_refuse_heads_and_transforms(tmp_path):
+    config = _config(image={"name": "pixels", "size": 4}, text={"name": "bag-of-words"})
+    config["methods"] = [{"name": "cca", "estimator": {"name": "linear-cca", "k": 2},
+                          "encoders": {"image": {"head": {"hidden": []}}}}]
+    with pytest.raises(ConfigError, match="head would stay untrained") as info:
+        run(config, tmp_path, progress=False)
+    assert info.value.field == "methods[cca].encoders.image.head"
+    config["methods"] = [{"name": "cca", "estimator": {"name": "linear-cca", "k": 2},
+                          "train": {"transforms": [{"name": "hflip"}]}}]
+    with pytest.raises(ConfigError, match="no training batches to transform") as info:
+        run(config, tmp_path, progress=False)
+    assert info.value.field == "methods[cca].train.transforms"

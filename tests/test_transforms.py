@@ -4,6 +4,7 @@ batches only, seeded, before ``prepare``)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -159,9 +160,9 @@ def test_a_run_with_random_transforms_is_reproducible(tmp_path):
     assert first.status == "ok", first.error
     assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
     assert first.metrics == second.metrics
-    config["seeds"] = [1]
-    other = run(config, tmp_path / "c", progress=False).results[0]
-    assert [h["loss"] for h in other.history] != [h["loss"] for h in first.history]
+    config["defaults"]["train"]["transforms"] = []
+    plain = run(config, tmp_path / "c", progress=False).results[0]  # same seed: only transforms differ
+    assert [h["loss"] for h in plain.history] != [h["loss"] for h in first.history]
 
 
 def test_a_transform_needing_gaze_on_a_dataset_without_gaze_is_a_config_error(tmp_path, toy_config):
@@ -189,3 +190,52 @@ def test_train_split_metrics_are_reported_with_a_train_prefix(tmp_path):
         assert f"{prefix}retrieval/rsum" in result.metrics
     # the train split is scored as it is (64 images), not through the training transforms
     assert result.chance["train/retrieval/t2i_R@1"] == pytest.approx(100 / 64)
+
+
+class _DtypeSpy(torch.nn.Module):
+    """An image encoder that records the dtype ``prepare`` receives."""
+
+    modality, output_dim = "image", 4
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+        self.linear = torch.nn.Linear(3, 4)
+
+    def prepare(self, raw):
+        self.seen.append(torch.as_tensor(raw).dtype)
+        return torch.as_tensor(raw).float().mean(dim=(2, 3)) / 255.0
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def test_make_batch_feeds_moved_captions_and_extras_and_the_raw_dtype_to_the_model():
+    from harness.model import DualEncoder
+    from harness.training import make_batch
+
+    dataset = harness.create("dataset", "shapes", train_size=8, val_size=0, test_size=1, image_size=32,
+                             cache=False)
+    split = dataset.split("train")
+    text = harness.create("encoder", "gru", embed_dim=4, dataset_info=dataset.info)
+    model = DualEncoder(_DtypeSpy(), text)
+    index = np.arange(4)
+    # each image's first caption that names a side, when it has one
+    captions = np.array([next((j for j in split.texts_of_image()[i] if swap_sides(split.texts[j]) !=
+                               split.texts[j]), split.texts_of_image()[i][0]) for i in index])
+    flip = HorizontalFlip(p=1.0, dataset_info=dataset.info)
+    batch, extras = make_batch(model, split, index, captions, ["obj_bbox", "relations"],
+                               list(dataset.info.class_names), torch.device("cpu"), [flip], 0)
+    swapped = [swap_sides(split.texts[j]) for j in captions]
+    assert swapped != [split.texts[j] for j in captions]
+    assert torch.equal(batch["texts"]["tokens"], text.prepare(swapped)["tokens"])
+    boxes = torch.as_tensor(split.extras["obj_bbox"][index])
+    real = (boxes >= 0).all(-1)
+    assert torch.equal(extras["obj_bbox"][..., 0][real], (32 - boxes[..., 2])[real])
+    relations = torch.as_tensor(split.extras["relations"][index]).long()
+    mirrored = torch.where(relations >= 0, torch.tensor([1, 0, 2, 3])[relations.clamp_min(0)], relations)
+    assert torch.equal(extras["relations"].long(), mirrored)
+    # the encoder sees the dataset's own uint8, as at evaluation, and exactly the flipped pixels
+    assert model.image_encoder.seen == [torch.uint8]
+    expected = torch.as_tensor(split.images[index]).flip(-1).float().mean(dim=(2, 3)) / 255.0
+    assert torch.equal(batch["images"], expected)
