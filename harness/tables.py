@@ -8,7 +8,9 @@ import io
 import json
 import math
 import statistics
+import warnings
 from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Iterable, Literal, Sequence
 
 from tabulate import DataRow, Line, TableFormat, tabulate
@@ -22,6 +24,10 @@ ALIASES: dict[str, str] = {"markdown": "github"}  # other names accepted for a f
 
 #: most decimals a column gets, however small its spread
 MAX_DECIMALS = 6
+#: level of the confidence interval of a mean over seeds
+CONFIDENCE = 0.95
+#: significance level of the one-sided "worse than the best" test over seeds
+ALPHA = 0.05
 
 
 class MethodRow:
@@ -42,6 +48,15 @@ class MethodRow:
     def values(self, metric: str) -> list[float]:
         return [float(r.metrics[metric]) for r in self.ok
                 if r.metrics.get(metric) is not None and math.isfinite(r.metrics[metric])]
+
+    def by_seed(self, metric: str) -> dict[int, tuple[float, str | None]]:
+        """Seed -> (value, dataset fingerprint) of the ``ok`` runs that measured ``metric``; empty
+        when a seed occurs twice (runs merged from several folders), since then seeds cannot pair."""
+        runs = [r for r in self.ok
+                if r.metrics.get(metric) is not None and math.isfinite(r.metrics[metric])]
+        out = {r.seed: (float(r.metrics[metric]), r.dataset.fingerprint if r.dataset else None)
+               for r in runs}
+        return out if len(out) == len(runs) else {}
 
     def mean_std(self, metric: str) -> tuple[float, float] | None:
         values = self.values(metric)
@@ -158,6 +173,107 @@ def column_decimals(rows: Sequence[MethodRow], metric: str) -> int:
     return min(max(significant - 1 - math.floor(math.log10(scale)), 0), MAX_DECIMALS)
 
 
+def confidence_interval(values: Sequence[float], level: float = CONFIDENCE) -> tuple[float, float] | None:
+    """The ``level`` confidence interval of the mean of ``values`` (seeds), from the t distribution:
+    mean ± t_{(1+level)/2, n-1} · s / √n, s the sample std. ``None`` for fewer than 2 values."""
+    n = len(values)
+    if n < 2:
+        return None
+    from scipy.stats import t
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    half = float(t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def worse_p_value(values: Sequence[float], best: Sequence[float], higher_is_better: bool,
+                  paired: bool) -> float:
+    """One-sided p-value of "``values`` is worse than ``best``" (lower mean when higher is better,
+    higher mean otherwise): ``scipy.stats.ttest_rel`` on seed-paired lists when ``paired``, else Welch's
+    ``ttest_ind(equal_var=False)``. With no spread at all (constant differences, or both sides
+    constant) the t statistic is undefined or infinite: a worse mean is then certain (p 0), an equal
+    one is not worse (p 1). Each side needs at least 2 values."""
+    from scipy.stats import ttest_ind, ttest_rel
+    alternative = "less" if higher_is_better else "greater"
+    with warnings.catch_warnings():  # "precision loss ... nearly identical", division by zero
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if paired:
+            result = ttest_rel(values, best, alternative=alternative)
+        else:
+            result = ttest_ind(values, best, equal_var=False, alternative=alternative)
+    p = float(result.pvalue)
+    if math.isnan(p):
+        difference = statistics.fmean(values) - statistics.fmean(best)
+        return 0.0 if (difference < 0 if higher_is_better else difference > 0) else 1.0
+    return p
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The statistics of one row of one metric's column. ``best``: the row's mean (unrounded) is the
+    column's best. ``tied``: marked as not significantly worse than the best (the best rows are).
+    ``test``: how the row was compared with the best: ``paired`` (t-test over seeds paired by seed:
+    the same seeds and dataset fingerprints), ``welch`` (Welch's t-test), ``none`` (the best itself,
+    no value, or fewer than 2 seeds on a side). ``p``: the one-sided p-value of that test."""
+
+    n: int = 0
+    mean: float | None = None
+    std: float | None = None
+    ci: tuple[float, float] | None = None
+    best: bool = False
+    tied: bool = False
+    test: Literal["paired", "welch", "none"] = "none"
+    p: float | None = None
+
+
+def compare_with_best(rows: Sequence[MethodRow], metric: str, higher_is_better: bool = True,
+                      alpha: float = ALPHA) -> list[Cell]:
+    """One :class:`Cell` per row, in order: mean, sample std, 95 % confidence interval of the mean,
+    and whether the row is significantly worse than the column's best at level ``alpha``.
+
+    The best is the row with the best mean (unrounded; among equal means the one with most seeds, then
+    the first); every row with that mean is a best and is marked. Every other row is tested against
+    it, one-sided in the direction of "worse" (:func:`worse_p_value`): paired by seed when both have
+    values for exactly the same seeds (at least 2) and each seed's dataset fingerprint is known and the
+    same on both sides, else Welch's test; with fewer than 2 seeds on either side there is no test and
+    no mark. A row is marked when p ≥ ``alpha``. No correction for multiple comparisons."""
+    cells: list[Cell] = []
+    for row in rows:
+        values = row.values(metric)
+        if not values:
+            cells.append(Cell())
+            continue
+        mean, std = statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+        cells.append(Cell(len(values), mean, std, confidence_interval(values)))
+    means = [c.mean for c in cells if c.mean is not None]
+    if not means:
+        return cells
+    best_mean = max(means) if higher_is_better else min(means)
+    reference = max((i for i, c in enumerate(cells) if c.mean == best_mean),
+                    key=lambda i: (cells[i].n, -i))
+    best_seeds = rows[reference].by_seed(metric)
+    best_values = rows[reference].values(metric)
+    out = []
+    for row, cell in zip(rows, cells):
+        if cell.mean is None:
+            out.append(cell)
+        elif cell.mean == best_mean:
+            out.append(replace(cell, best=True, tied=True))
+        elif cell.n < 2 or len(best_values) < 2:
+            out.append(cell)
+        else:
+            seeds = row.by_seed(metric)
+            paired = (bool(seeds) and seeds.keys() == best_seeds.keys() and all(
+                seeds[s][1] is not None and seeds[s][1] == best_seeds[s][1] for s in seeds))
+            if paired:
+                order = sorted(seeds)
+                p = worse_p_value([seeds[s][0] for s in order], [best_seeds[s][0] for s in order],
+                                  higher_is_better, paired=True)
+            else:
+                p = worse_p_value(row.values(metric), best_values, higher_is_better, paired=False)
+            out.append(replace(cell, tied=p >= alpha, test="paired" if paired else "welch", p=p))
+    return out
+
+
 def _fixed(x: float, decimals: int) -> str:
     text = f"{x:.{decimals}f}"
     return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
@@ -185,15 +301,23 @@ LATEX_BOOKTABS_RAW = TableFormat(
 
 def build_table(results: Sequence[RunResult], metrics: Sequence[str] | None = None,
                 fmt: str = "github") -> str:
-    """One row per configuration of a method (:func:`group_runs`): mean ± sample std over ``ok`` seeds,
-    the seed count, the status of every run (failed and diverged runs are shown, not hidden).
+    """One row per configuration of a method (:func:`group_runs`): mean ± sample std over ``ok`` seeds
+    with the 95 % confidence interval of the mean, the seed count, the status of every run (failed and
+    diverged runs are shown, not hidden).
 
-    ``github`` (alias ``markdown``), ``latex`` and ``html``: every cell of a metric's column has the
-    same decimals, chosen from the metric's spread (:func:`column_decimals`); a run of one seed shows
-    its value alone; a metric with a unit has it in its header (``retrieval/t2i_R@1 (%) ↑``); the best
-    mean of each column, at the precision shown, is bold (ties all are); numeric columns are
-    right-aligned. LaTeX is a booktabs ``tabular`` (``\\toprule``/``\\midrule``/``\\bottomrule``,
-    spec such as ``lrlrr``), text escaped; HTML is escaped. ``csv``: see :func:`_csv`.
+    ``github`` (alias ``markdown``), ``latex`` and ``html``: a cell reads ``12.3 ± 1.0 [10.9, 13.7]†``:
+    mean ± std [confidence interval, t distribution over seeds], and ``†`` when the row is not
+    significantly worse than the column's best (:func:`compare_with_best`: a one-sided paired t-test
+    over seeds when the seeds and dataset match the best's, else Welch's; α = 0.05; the best is marked
+    too). Every cell of a metric's column has the same decimals, chosen from the metric's spread
+    (:func:`column_decimals`); a run of one seed shows its value alone (no interval, no test); a metric
+    with a unit has it in its header (``retrieval/t2i_R@1 (%) ↑``); the best mean of each column, at
+    the precision shown, is bold (ties all are); numeric columns are right-aligned. Under the table a
+    footnote says what the cells and marks mean and which test gave the marks (``github``: lines after
+    a blank line; ``latex``: ``%`` comment lines after the ``tabular``, ready for a caption; ``html``: a
+    ``<caption>`` shown below the table). LaTeX is a booktabs ``tabular``
+    (``\\toprule``/``\\midrule``/``\\bottomrule``, spec such as ``lrlrr``), text escaped; HTML is
+    escaped. ``csv``: the same numbers in columns, no footnote: see :func:`_csv`.
 
     Results of several benchmarks give one table per benchmark, each under a heading with its name
     (csv: one table with a leading ``benchmark`` column), each with its own default metrics and best."""
@@ -218,44 +342,96 @@ def build_table(results: Sequence[RunResult], metrics: Sequence[str] | None = No
 
 def _table(results: Sequence[RunResult], metrics: Sequence[str] | None, fmt: str,
            benchmark_column: bool = False) -> str:
-    """The table of one benchmark's results."""
+    """The table of one benchmark's results, followed by its footnote (not in csv)."""
     rows = group_runs(results)
     metrics = list(metrics) if metrics else default_metrics(results)
     higher = directions(results)
-    best = {m: _best_mean(rows, m, higher.get(m, True)) for m in metrics}
+    cells = {m: compare_with_best(rows, m, higher.get(m, True)) for m in metrics}
     if fmt == "csv":
-        return _csv(rows, metrics, best, benchmark_column)
+        return _csv(rows, metrics, cells, benchmark_column)
 
-    def mark(text: str) -> str:
+    def bold(text: str) -> str:
         return {"github": f"**{text}**", "latex": rf"\textbf{{{text}}}", "html": f"<b>{text}</b>"}[fmt]
 
     def esc(text: str) -> str:
         return html.escape(text) if fmt == "html" else _latex_escape(text) if fmt == "latex" else text
 
     pm = r"$\pm$" if fmt == "latex" else "±"
+    dagger = r"$^\dagger$" if fmt == "latex" else "†"
     arrows = {True: "↑", False: "↓"} if fmt != "latex" else {True: r"$\uparrow$", False: r"$\downarrow$"}
     unit = units(results)
     headers = [esc("method"), esc("seeds"), esc("status")] + [
         f"{esc(m)}{f' ({esc(unit[m])})' if unit.get(m) else ''} {arrows[higher.get(m, True)]}"
         for m in metrics]
     decimals = {m: column_decimals(rows, m) for m in metrics}
+    best = {m: _best_mean(rows, m, higher.get(m, True)) for m in metrics}
     best_shown = {m: None if best[m] is None else _fixed(best[m], decimals[m]) for m in metrics}
     body = []
-    for row in rows:
-        cells = [esc(row.label), str(len(row.ok)), esc(row.status())]
+    for i, row in enumerate(rows):
+        line = [esc(row.label), str(len(row.ok)), esc(row.status())]
         for m in metrics:
-            stats = row.mean_std(m)
-            if stats is None:
-                cells.append("—")
+            cell, places = cells[m][i], decimals[m]
+            if cell.mean is None:
+                line.append("—")
                 continue
-            (mean, std), places = stats, decimals[m]
-            shown = _fixed(mean, places)
-            text = shown if len(row.values(m)) == 1 else f"{shown} {pm} {_fixed(std, places)}"
-            cells.append(mark(text) if shown == best_shown[m] else text)
-        body.append(cells)
+            shown = _fixed(cell.mean, places)
+            text = shown if cell.std is None else f"{shown} {pm} {_fixed(cell.std, places)}"
+            text = bold(text) if shown == best_shown[m] else text
+            if cell.ci is not None:
+                text += f" [{_fixed(cell.ci[0], places)}, {_fixed(cell.ci[1], places)}]"
+            line.append(text + dagger if cell.tied else text)
+        body.append(line)
     tablefmt = {"github": "github", "latex": LATEX_BOOKTABS_RAW, "html": "unsafehtml"}[fmt]
-    return tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True,
-                    colalign=["left", "right", "left", *["right"] * len(metrics)])
+    table = tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True,
+                     colalign=["left", "right", "left", *["right"] * len(metrics)])
+    notes = _footnote([c for m in metrics for c in cells[m]], fmt, bold, esc, dagger,
+                      _welch_cells(rows, metrics, cells))
+    if fmt == "latex":
+        return table + "\n" + "\n".join(f"% {line}" for line in notes)
+    if fmt == "html":
+        caption = '<caption style="caption-side: bottom; text-align: left;">{}</caption>'
+        return table.replace("<table>", "<table>\n" + caption.format("<br>".join(notes)), 1)
+    return table + "\n\n" + "\n".join(notes)
+
+
+def _welch_cells(rows: Sequence[MethodRow], metrics: Sequence[str],
+                 cells: dict[str, list[Cell]]) -> list[tuple[str, list[str]]]:
+    """(row label, its metrics tested with Welch's test; empty: every tested metric of the row), for
+    the rows with a Welch's test, when the table also has paired tests."""
+    tests = {c.test for m in metrics for c in cells[m]}
+    if not {"paired", "welch"} <= tests:
+        return []
+    out = []
+    for i, row in enumerate(rows):
+        welch = [m for m in metrics if cells[m][i].test == "welch"]
+        tested = [m for m in metrics if cells[m][i].test != "none"]
+        if welch:
+            out.append((row.label, [] if welch == tested else welch))
+    return out
+
+
+def _footnote(cells: list[Cell], fmt: str, bold, esc, dagger: str,
+              welch: list[tuple[str, list[str]]]) -> list[str]:
+    """The lines under a table that say what its cells and marks mean and which test gave the marks."""
+    pm, pct = (r"$\pm$", r"\%") if fmt == "latex" else ("±", "%")
+    alpha = "$\\alpha$" if fmt == "latex" else "α"
+    lines = [f"mean {pm} std over seeds [{CONFIDENCE * 100:g} {pct} confidence interval of the mean, "
+             f"t distribution]; a value alone: one seed, no interval. {bold('Bold')}: the best mean. "
+             f"{dagger}: not significantly worse than the best of the column (one-sided t-test over "
+             f"seeds, {alpha} = {ALPHA:g}); the best is marked too."]
+    tests = {c.test for c in cells}
+    if tests == {"paired", "none"}:
+        lines.append("Test: paired t-test, seed by seed (the same seeds and dataset as the best).")
+    elif tests == {"welch", "none"}:
+        lines.append("Test: Welch's t-test (the seeds or dataset differ from the best's).")
+    elif welch:
+        listed = "; ".join(esc(label) + (f" ({', '.join(esc(m) for m in metrics)})" if metrics else "")
+                           for label, metrics in welch)
+        lines.append("Test: paired t-test, seed by seed, where a method has the same seeds and dataset "
+                     f"as the best; Welch's t-test otherwise: {listed}.")
+    if any(c.mean is not None and not c.best and c.test == "none" for c in cells):
+        lines.append("No test where the method or the best has fewer than 2 seeds: left unmarked.")
+    return lines
 
 
 def _best_mean(rows: list[MethodRow], metric: str, higher_is_better: bool) -> float | None:
@@ -265,26 +441,36 @@ def _best_mean(rows: list[MethodRow], metric: str, higher_is_better: bool) -> fl
     return max(means) if higher_is_better else min(means)
 
 
-def _csv(rows: list[MethodRow], metrics: list[str], best: dict[str, float | None],
+def _csv(rows: list[MethodRow], metrics: list[str], cells: dict[str, list[Cell]],
          benchmark_column: bool = False) -> str:
     """Machine-readable, one line per row of the table: ``[benchmark,] method, seeds, status``, then for
-    each metric ``<metric> mean``, ``<metric> std`` (sample std) and ``<metric> n`` (the ``ok`` seeds
-    that measured it), then ``best``: the metrics whose mean (unrounded) is the best of the column,
-    joined by ``;``. Numbers are plain, at full precision without float noise (12 significant digits:
-    ``0.14``, ``15``); the std is empty for one seed, mean and std are empty (n ``0``) when no seed
-    measured the metric. No units: they are a property of the metric, not of the cell."""
+    each metric ``<metric> mean``, ``<metric> std`` (sample std), ``<metric> n`` (the ``ok`` seeds
+    that measured it), ``<metric> ci95_low`` and ``<metric> ci95_high`` (the 95 % confidence interval
+    of the mean), ``<metric> p`` (one-sided p-value of "worse than the best"), ``<metric> test``
+    (``paired``, ``welch`` or ``none``: :func:`compare_with_best`) and ``<metric> tied_with_best``
+    (``true``/``false``: not significantly worse than the best, the best included); then ``best``: the
+    metrics whose mean (unrounded) is the best of the column, joined by ``;``. Numbers are plain, at full
+    precision without float noise (12 significant digits: ``0.14``, ``15``); std and interval are empty
+    for one seed, p empty without a test, and mean and std empty (n ``0``) when no seed measured the
+    metric. No units: they are a property of the metric, not of the cell."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     lead = ["benchmark"] if benchmark_column else []
+    parts = ("mean", "std", "n", "ci95_low", "ci95_high", "p", "test", "tied_with_best")
     writer.writerow([*lead, "method", "seeds", "status",
-                     *[f"{m} {part}" for m in metrics for part in ("mean", "std", "n")], "best"])
-    for row in rows:
+                     *[f"{m} {part}" for m in metrics for part in parts], "best"])
+
+    def number(x: float | None) -> str:
+        return "" if x is None else _plain(x)
+
+    for i, row in enumerate(rows):
         values, best_on = [], []
         for m in metrics:
-            stats, n = row.mean_std(m), len(row.values(m))
-            values += ["", "", 0] if stats is None else [
-                _plain(stats[0]), _plain(stats[1]) if n > 1 else "", n]
-            if stats is not None and stats[0] == best[m]:
+            c = cells[m][i]
+            low, high = c.ci if c.ci is not None else (None, None)
+            values += [number(c.mean), number(c.std), c.n, number(low), number(high), number(c.p),
+                       c.test, "true" if c.tied else "false"]
+            if c.best:
                 best_on.append(m)
         lead = [row.benchmark] if benchmark_column else []
         writer.writerow([*lead, row.label, len(row.ok), row.status(), *values, ";".join(best_on)])

@@ -61,17 +61,19 @@ def test_latex_is_booktabs_with_right_aligned_numeric_columns(results):
     lines = build_table(results, fmt="latex").splitlines()
     # method and status left, seeds and every metric right
     assert lines[:2] == [r"\begin{tabular}{lrlrr}", r"\toprule"]
-    assert lines[3] == r"\midrule" and lines[-2:] == [r"\bottomrule", r"\end{tabular}"]
+    assert lines[3] == r"\midrule" and lines[7:9] == [r"\bottomrule", r"\end{tabular}"]
     assert not any(r"\hline" in line for line in lines)
     assert r"r/R@1 $\uparrow$" in lines[2] and r"r/medr $\downarrow$" in lines[2]
-    assert len(lines) == 4 + 3 + 2 and all(line.endswith(r"\\") for line in lines[4:7])
+    assert len(lines) == 4 + 3 + 2 + 2 and all(line.endswith(r"\\") for line in lines[4:7])
+    assert all(line.startswith("% ") for line in lines[9:])  # the footnote, as LaTeX comments
 
 
 def test_csv_is_numeric(results):
     text = build_table(results, fmt="csv")
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert list(rows[0]) == ["method", "seeds", "status", "r/R@1 mean", "r/R@1 std", "r/R@1 n",
-                             "r/medr mean", "r/medr std", "r/medr n", "best"]
+    parts = ["mean", "std", "n", "ci95_low", "ci95_high", "p", "test", "tied_with_best"]
+    assert list(rows[0]) == ["method", "seeds", "status", *[f"r/R@1 {p}" for p in parts],
+                             *[f"r/medr {p}" for p in parts], "best"]
     alpha, beta, gamma = rows
     assert float(alpha["r/R@1 mean"]) == 15.0 and float(alpha["r/R@1 std"]) == pytest.approx(7.0711, 1e-4)
     assert alpha["r/R@1 n"] == "2" and alpha["best"] == "r/medr" and beta["best"] == "r/R@1"
@@ -245,11 +247,12 @@ def test_one_method_with_two_configurations_gives_two_rows_never_averaged(tmp_pa
     for epochs, group in runs.items():  # same benchmark, method and seeds: two runs folders
         _write(tmp_path / f"epochs{epochs}", group)
     assert main(["table", str(tmp_path)]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("|")]
     assert len(lines) == 4  # header, rule, one row per configuration
     four = next(l for l in lines if "m [train.epochs=4]" in l)
     five = next(l for l in lines if "m [train.epochs=5]" in l)
-    assert "15 ± 7" in four and "**60 ± 14**" in five and "37" not in "".join(lines)
+    assert "15 ± 7" in four and "**60 ± 14**" in five and "37" not in out
     assert main(["table", str(tmp_path), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["method"], float(r["r/R@1 mean"]), r["r/R@1 n"]) for r in rows] == [
