@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="a benchmark's results folder, e.g. results/shapes "
                                       "(a folder of several benchmarks gives one table each)")
     p.add_argument("--format", default="github", choices=["github", "markdown", "latex", "html", "csv"],
-                   help="github (alias markdown), latex (booktabs), html, or csv (mean, std and n "
-                        "columns per metric); default: github")
+                   help="github (alias markdown), latex (booktabs), html, or csv (mean, std, n, 95 %% "
+                        "interval, test and tied-with-best columns per metric); default: github")
     p.add_argument("--metrics", nargs="+", metavar="METRIC", help="columns (default: the benchmark's report)")
     p.add_argument("--output", "-o", help="write the table to this file instead of stdout")
 
