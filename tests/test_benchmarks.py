@@ -23,3 +23,19 @@ def test_shipped_benchmark_files_validate(path: Path):
         return
     spec, _, _ = prepare(path)  # raises ConfigError naming the field if anything is off
     assert spec.methods and spec.report.metrics
+
+
+def test_podguzova_comparison_is_built_from_the_committed_results(capsys):
+    """`benchmarks/podguzova_compare.py` prints Tables 2–5, paper / ours, from the result files."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("podguzova_compare",
+                                                  ROOT / "benchmarks" / "podguzova_compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(ROOT / "results" / "podguzova")]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
+    assert len(rows) == 16 and all(line.count(" ± ") == 7 for line in rows)  # 3 seeds: every cell has a spread
+    assert "| 16 | 0.595 / " in out and "| 1.0 | 0.610 / " in out  # the paper's published values
+    assert out.strip() == (ROOT / "results" / "podguzova" / "paper-comparison.md").read_text().strip()
