@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -204,9 +204,16 @@ class EmbeddingModel(Protocol):
     def score(self, image_emb: Any, text_emb: Any) -> torch.Tensor: ...
 
 
+_UNSET: Any = object()
+
+
 @dataclass
 class EvalContext:
-    """Everything an evaluator may use. ``split`` is the split being scored (usually ``test``)."""
+    """Everything an evaluator may use. ``split`` is the split being scored (usually ``test``).
+
+    ``relevance_fn`` (optional) returns the split's exact relevance, as ``Dataset.relevance(split)``
+    does; the runner passes the dataset's, bound to the split. Evaluators reach it through
+    :meth:`relevance`, which calls it at most once, so only evaluators that ask pay for it."""
 
     model: EmbeddingModel
     split: Split
@@ -214,6 +221,16 @@ class EvalContext:
     dataset_info: DatasetInfo
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
+    relevance_fn: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+    _relevance: Any = field(default=_UNSET, init=False, repr=False, compare=False)
+
+    def relevance(self) -> Any:
+        """Which images each text of the evaluated split is true of: a boolean ``[n_texts, n_images]``
+        matrix (dense or scipy.sparse), or ``None`` when the dataset has no exact relevance (then each
+        text's only positive is its own image, ``split.text_to_image``). Computed once per context."""
+        if self._relevance is _UNSET:
+            self._relevance = None if self.relevance_fn is None else self.relevance_fn()
+        return self._relevance
 
     def embed(self, split: Split | None = None) -> tuple[Any, Any]:
         """Embed every image and every text of ``split`` (default: the evaluated split) once."""

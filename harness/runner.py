@@ -7,6 +7,7 @@ same job list can later run one per GPU or on a cluster with the table built fro
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -64,8 +65,10 @@ def evaluate(job: Job, registry: Registry, model: Any, dataset: Any, split_name:
     """Score ``model`` on one split with every evaluator of the job (test metrics keep plain names,
     other splits get the split as a prefix)."""
     scores = scores or Scores()
+    relevance = getattr(dataset, "relevance", None)  # duck-typed datasets may not define it
+    relevance_fn = None if relevance is None else functools.partial(relevance, split_name)
     context = EvalContext(model=model, split=dataset.split(split_name), train_split=dataset.split("train"),
-                          dataset_info=dataset.info, device=device, seed=job.seed)
+                          dataset_info=dataset.info, device=device, seed=job.seed, relevance_fn=relevance_fn)
     prefix = "" if split_name == "test" else f"{split_name}/"
     for comp in job.evaluators:
         params = {k: v for k, v in comp.items() if k != "name"}
