@@ -223,6 +223,8 @@ class EvalContext:
     seed: int = 0
     relevance_fn: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
     _relevance: Any = field(default=_UNSET, init=False, repr=False, compare=False)
+    # embeddings of whole splits, shared by every evaluator scoring this context (the model is fixed)
+    _embedded: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def relevance(self) -> Any:
         """Which images each text of the evaluated split is true of: a boolean ``[n_texts, n_images]``
@@ -233,9 +235,25 @@ class EvalContext:
         return self._relevance
 
     def embed(self, split: Split | None = None) -> tuple[Any, Any]:
-        """Embed every image and every text of ``split`` (default: the evaluated split) once."""
+        """Every image and every text of ``split`` (default: the evaluated split) embedded — once per
+        context, however many evaluators ask."""
+        return self.embed_images(split), self.embed_texts(split)
+
+    def embed_images(self, split: Split | None = None) -> Any:
+        """Every image of ``split`` (default: the evaluated split) embedded, once per context."""
         split = self.split if split is None else split
-        return self.model.embed_images(split.images), self.model.embed_texts(split.texts)
+        key = ("images", id(split))
+        if key not in self._embedded:
+            self._embedded[key] = (split, self.model.embed_images(split.images))  # keeps split alive
+        return self._embedded[key][1]
+
+    def embed_texts(self, split: Split | None = None) -> Any:
+        """Every text of ``split`` (default: the evaluated split) embedded, once per context."""
+        split = self.split if split is None else split
+        key = ("texts", id(split))
+        if key not in self._embedded:
+            self._embedded[key] = (split, self.model.embed_texts(split.texts))
+        return self._embedded[key][1]
 
     def cosine_scores(self, image_emb: Any, text_emb: Any) -> bool:
         """Whether these embeddings are scored by the cosine of pooled vectors, so that evaluators may

@@ -258,3 +258,32 @@ def test_learnable_temperature_gets_no_weight_decay():
     weight, scale = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(()))
     optimizer = make_optimizer([weight], [scale], TrainSpec(weight_decay=0.5))
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.5, 0.0]
+
+
+def test_an_eval_context_embeds_each_split_once_for_all_its_evaluators():
+    import numpy as np
+    import torch
+
+    from harness.components import EvalContext
+    from harness.data import DatasetInfo, Split
+
+    calls = []
+
+    class Model:
+        cosine_scores = True
+
+        def embed_images(self, images):
+            calls.append("images")
+            return torch.as_tensor(np.asarray(images), dtype=torch.float32)
+
+        def embed_texts(self, texts):
+            calls.append("texts")
+            return torch.ones(len(texts), 2)
+
+    split = Split(name="test", images=np.eye(3, 2), texts=["a", "b", "c"], text_to_image=[0, 1, 2])
+    other = Split(name="train", images=np.eye(4, 2), texts=["d"] * 4, text_to_image=[0, 1, 2, 3])
+    context = EvalContext(model=Model(), split=split, train_split=other, dataset_info=DatasetInfo(name="x"))
+    first = context.embed()
+    assert context.embed()[0] is first[0] and context.embed_images() is first[0]
+    assert len(context.embed_images(other)) == 4 and context.embed_images(other) is context.embed_images(other)
+    assert calls == ["images", "texts", "images"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 import re
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -15,7 +16,6 @@ import torch.nn.functional as F
 
 from harness import hookimpl
 from harness.components import EvalContext, Evaluator, TokenFeatures
-from harness.model import take
 from harness_plugins.datasets.shapes_relevance import CaptionMeaning, caption_relevance, parse_caption
 from harness_plugins.datasets.shapes_scenes import COLORS, SHAPES, SIZES, _noun_phrase
 
@@ -289,6 +289,9 @@ def _rows(emb: Any, index: np.ndarray) -> Any:
     return emb[torch.as_tensor(index, dtype=torch.long, device=device)]
 
 
+_PAIRS: dict[tuple[int, int, str], tuple[weakref.ref, list[MinimalPair]]] = {}
+
+
 class MinimalPairs(Evaluator):
     """Compositional minimal pairs on a dataset with scene annotations (``shapes``): for each image, each
     of its true captions (``captions: all``, the default, or only its first one: ``first``) against, per
@@ -326,8 +329,15 @@ class MinimalPairs(Evaluator):
     def pairs(self, context: EvalContext) -> list[MinimalPair]:
         split = context.split
         check_scene_extras(split.extras, f"dataset {context.dataset_info.name!r} split {split.name!r}")
-        return generate_pairs(split.texts, split.text_to_image, split.extras, seed=self.seed,
-                              captions=self.captions)
+        # the pairs depend only on the split and the settings: made once per split object in a process
+        # (datasets cache their splits, so every method of a benchmark shares them)
+        key = (id(split), self.seed, self.captions)
+        cached = _PAIRS.get(key)
+        if cached is None or cached[0]() is not split:
+            cached = (weakref.ref(split), generate_pairs(split.texts, split.text_to_image, split.extras,
+                                                         seed=self.seed, captions=self.captions))
+            _PAIRS[key] = cached
+        return cached[1]
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         pairs = self.pairs(context)
@@ -337,7 +347,7 @@ class MinimalPairs(Evaluator):
         image_row = {int(i): r for r, i in enumerate(images)}
         texts = list(dict.fromkeys(t for p in pairs for t in (p.true_caption, p.false_caption)))
         text_row = {t: r for r, t in enumerate(texts)}
-        image_emb = context.model.embed_images(take(context.split.images, images))
+        image_emb = _rows(context.embed_images(), images)  # shared with the other evaluators
         text_emb, text_of = _unique_rows(context.model.embed_texts(texts))
         text_of = text_of.cpu().numpy()
         img = np.array([image_row[p.image] for p in pairs], dtype=np.int64)

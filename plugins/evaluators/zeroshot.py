@@ -79,7 +79,7 @@ class ZeroShot(Evaluator):
             raise ValueError(f"the zero-shot evaluator needs class names and per-image `labels`; "
                              f"dataset {context.dataset_info.name!r} split {split.name!r} lacks them")
         label_emb = context.model.embed_texts([self.template.format(n) for n in names])
-        image_emb = context.model.embed_images(split.images)
+        image_emb = context.embed_images(split)
         train_labels = context.train_split.extras.get("labels")
         # the method's own pair scores when it has them (match-map); cosine of pooled vectors otherwise
         predicted = None if context.cosine_scores(image_emb, label_emb) else \
