@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 
 import torch
 
+from _measure import print_peak_delta, timed  # benchmarks/_measure.py
 from harness.metrics import matchmap_scores
 
 
@@ -54,14 +53,6 @@ def bare_gemm(images, texts, chunk_bytes):
         torch.mm(x[r:r + rows], y.T, out=out[: min(rows, x.shape[0] - r)])
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0  # kB
-    raise KeyError(field)
-
-
 def child_memory(what: str, sizes: list[int], threads: int, chunk_bytes: int) -> None:
     torch.set_num_threads(threads)
     train = what == "train"
@@ -79,28 +70,13 @@ def child_memory(what: str, sizes: list[int], threads: int, chunk_bytes: int) ->
 
     call(images[:2], texts[:3])  # kernels, thread pools and allocator warmed before the baseline
     images.grad = texts.grad = None
-    try:
-        with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark (Linux >= 4.0)
-            f.write("5")
-        before, peak = _status_mb("VmRSS"), lambda: _status_mb("VmHWM")
-    except OSError:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # noqa: E731
-    t0 = time.perf_counter()
-    call(images, texts)
-    print(json.dumps({"peak_delta_mb": peak() - before, "seconds": time.perf_counter() - t0}))
+    print_peak_delta(lambda: call(images, texts))
 
 
 def measure_memory(what: str, sizes, threads: int, chunk_bytes: int) -> dict:
     cmd = [sys.executable, __file__, "--_memory-child", what, *map(str, sizes), str(threads), str(chunk_bytes)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-def timed(fn, *args):
-    t0 = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - t0, result
 
 
 def main() -> None:

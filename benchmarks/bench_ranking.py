@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from _measure import print_peak_delta  # benchmarks/_measure.py
 from harness.metrics import ranking_metrics, retrieval_metrics_from_scores
 
 KS = (1, 5, 10)
@@ -71,26 +71,10 @@ def prepared(n_images: int, regime: str = "spread"):
     return scores, relevant, text_to_image, scores.T.contiguous()
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0  # kB
-    raise KeyError(field)
-
-
 def child_memory(name: str, n_images: int) -> None:
     data = prepared(n_images)
     run(name, prepared(24))  # load kernels and thread pools before the baseline
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before, peak = _status_mb("VmRSS"), lambda: _status_mb("VmHWM")
-    except OSError:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # noqa: E731
-    run(name, data)
-    print(json.dumps({"peak_delta_mb": peak() - before}))
+    print_peak_delta(lambda: run(name, data))
 
 
 def measure_memory(name: str, n_images: int) -> float:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 import torch
 
+from _measure import print_peak_delta, timed  # benchmarks/_measure.py
 from harness.metrics import DEFAULT_CHUNK_BYTES, retrieval_metrics
 
 KS = (1, 5, 10)
@@ -75,39 +74,16 @@ METHODS = {
 }
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0  # kB
-    raise KeyError(field)
-
-
 def child_memory(method: str, n_images: int, per_image: int, dim: int) -> None:
     data = make_data(n_images, per_image, dim)
     METHODS[method](*make_data(16, 2, dim))  # load kernels and thread pools before the baseline
-    try:
-        # Reset the high-water mark (Linux >= 4.0) so the peak is this call's, not make_data's.
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before, peak = _status_mb("VmRSS"), lambda: _status_mb("VmHWM")
-    except OSError:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # noqa: E731
-    METHODS[method](*data)
-    print(json.dumps({"peak_delta_mb": peak() - before}))
+    print_peak_delta(lambda: METHODS[method](*data))
 
 
 def measure_memory(method: str, sizes) -> float:
     cmd = [sys.executable, __file__, "--_memory-child", method, *map(str, sizes)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_delta_mb"]
-
-
-def timed(fn, *args):
-    t0 = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - t0, result
 
 
 def main() -> None:
