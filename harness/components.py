@@ -77,6 +77,30 @@ class TokenFeatures:
         return TokenFeatures(torch.cat(feats), torch.cat(masks))
 
 
+@dataclass
+class FalseNegatives:
+    """What a loss needs to drop false negatives (``mask_false_negatives: true``): the training rows'
+    ``image_ids`` and ``text_ids`` (``[B]`` long tensors, indices into the training split: row b pairs
+    image ``image_ids[b]`` with text ``text_ids[b]``) and ``relevant``, a
+    :class:`harness.data.PairRelevance` lookup ``relevant(text_ids, image_ids) -> bool`` (broadcast).
+
+    The runner passes it as the loss's ``false_negatives`` keyword when masking is on; a loss then leaves
+    out of every anchor's negatives the items true of it: for an image anchor, texts true of that image
+    (and images its text is true of); for a text anchor, images it is true of (and texts true of its
+    image). Under DDP the loss gathers the ids with the embeddings, so the mask is the global batch's."""
+
+    image_ids: torch.Tensor
+    text_ids: torch.Tensor
+    relevant: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def matrix(self, text_ids: torch.Tensor | None = None, image_ids: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """``R[t, i]``: text ``text_ids[t]`` is true of image ``image_ids[i]`` (defaults: the batch's)."""
+        text_ids = self.text_ids if text_ids is None else text_ids
+        image_ids = self.image_ids if image_ids is None else image_ids
+        return self.relevant(text_ids[:, None], image_ids[None, :])
+
+
 def pooled_or_tokens(value: Any) -> str:
     """``"tokens"`` for :class:`TokenFeatures`, ``"pooled"`` for a ``[B, D]`` tensor."""
     return "tokens" if isinstance(value, TokenFeatures) else "pooled"

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import scipy.sparse as sp
+import torch
 
 
 @dataclass
@@ -99,3 +101,47 @@ class Dataset:
         for name in self.splits:
             h.update(self.split(name).fingerprint().encode())
         return h.hexdigest()
+
+
+class PairRelevance:
+    """Which texts of a split are true of which of its images, as an element-wise lookup on index tensors:
+    ``relevance(text_ids, image_ids)`` broadcasts the two long tensors and returns a bool tensor of their
+    shape (on their device). Built from ``Dataset.relevance(split)`` (dense or scipy.sparse
+    ``[n_texts, n_images]``), or, when that is ``None``, from each text's own image.
+
+    The true pairs are kept as sorted keys ``text · n_images + image``: a lookup is one binary search per
+    pair, so masking a batch (or a queue) never needs the dense matrix."""
+
+    def __init__(self, split: Split, relevance: Any = None):
+        n_texts, n_images = len(split.texts), len(split)
+        if relevance is None:  # no exact relevance: a text is true of the image it was written for
+            rows, cols = np.arange(n_texts), split.text_to_image
+        else:
+            matrix = sp.coo_array(relevance)
+            if matrix.shape != (n_texts, n_images):
+                raise ValueError(f"split {split.name!r}: relevance has shape {matrix.shape}, expected "
+                                 f"({n_texts}, {n_images}) = (texts, images)")
+            keep = matrix.data.astype(bool)
+            rows, cols = matrix.row[keep], matrix.col[keep]
+        self.n_images = n_images
+        self._keys = {torch.device("cpu"): torch.from_numpy(
+            np.unique(rows.astype(np.int64) * n_images + cols.astype(np.int64)))}
+
+    def __len__(self) -> int:
+        """The number of true (text, image) pairs."""
+        return len(self._keys[torch.device("cpu")])
+
+    def __call__(self, text_ids: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+        text_ids, image_ids = torch.broadcast_tensors(torch.as_tensor(text_ids), torch.as_tensor(image_ids))
+        keys = self._keys.get(text_ids.device)
+        if keys is None:
+            keys = self._keys[text_ids.device] = self._keys[torch.device("cpu")].to(text_ids.device)
+        if len(keys) == 0:
+            return torch.zeros(text_ids.shape, dtype=torch.bool, device=text_ids.device)
+        query = (text_ids.long() * self.n_images + image_ids.long()).reshape(-1)
+        # sorted queries walk the keys in order: several times faster than scattered binary searches
+        query, order = query.sort()
+        found = torch.searchsorted(keys, query).clamp_(max=len(keys) - 1)
+        hit = torch.empty_like(order, dtype=torch.bool)
+        hit[order] = keys[found] == query
+        return hit.reshape(text_ids.shape)

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.components import Sampler, apply_transforms, transform_extras
+from harness.components import FalseNegatives, Sampler, apply_transforms, transform_extras
 from harness.config import StageSpec, TrainSpec
-from harness.data import Dataset, Split
+from harness.data import Dataset, PairRelevance, Split
 from harness.errors import HarnessError
 from harness.jobs import Diverged, Job, _build
 from harness.model import DualEncoder, take, to_device
@@ -25,8 +25,26 @@ from harness.registry import Registry
 
 # --- gradient training ------------------------------------------------------------------------------
 
-#: extras that a sampler or the encoders' token features supply (never taken from the dataset)
-SAMPLER_EXTRAS = frozenset({"negatives", "image_mask", "text_mask"})
+#: extras that a sampler, the encoders' token features or false-negative masking supply (never taken
+#: from the dataset)
+SAMPLER_EXTRAS = frozenset({"negatives", "image_mask", "text_mask", "false_negatives"})
+
+
+def masks_false_negatives(loss: torch.nn.Module, sampler: Sampler,
+                          transforms: Sequence[torch.nn.Module] = ()) -> bool:
+    """Whether the method masks false negatives (``mask_false_negatives`` on its loss or its sampler);
+    ``ValueError`` when it asks for it but cannot have it."""
+    if not (getattr(loss, "mask_false_negatives", False) or getattr(sampler, "mask_false_negatives", False)):
+        return False
+    if "false_negatives" not in inspect.signature(loss.forward).parameters:
+        raise ValueError(f"mask_false_negatives: loss {type(loss).__name__} cannot mask false negatives "
+                         "(its forward takes no `false_negatives` argument)")
+    for transform in transforms:
+        if "captions" in transform_extras(transform):
+            raise ValueError(f"mask_false_negatives: transform {type(transform).__name__} rewrites captions, "
+                             "so the dataset's relevance would no longer say which caption is true of which "
+                             "image; drop the transform or the masking")
+    return True
 
 
 def _loss_extras(loss: torch.nn.Module) -> list[str]:
@@ -185,10 +203,14 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
     sampler = _build(registry, "sampler", stage.sampler, context) if stage.sampler else Sampler()
     sampler.check_loss(loss_fn)
     sampler.setup(model, loss_fn)
+    transforms = [_build(registry, "transform", comp, context) for comp in train.transforms]
+    relevance = None
+    if masks_false_negatives(loss_fn, sampler, transforms):
+        # the exact relevance where the dataset has one, else each caption's own image
+        relevance = PairRelevance(split, getattr(dataset, "relevance", lambda _: None)(split.name))
     if hasattr(loss_fn, "pair_scores"):  # the method's own pair score (match-map), also for val curves
         model.scorer = loss_fn.pair_scores
     extras_wanted = _loss_extras(loss_fn)
-    transforms = [_build(registry, "transform", comp, context) for comp in train.transforms]
     class_names = list(dataset.info.class_names)
     model_params = [p for p in model.parameters() if p.requires_grad]
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
@@ -224,6 +246,9 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                    ) -> tuple[torch.Tensor, dict, Any, Any]:
         batch, extras = make_batch(model, split, index, captions, extras_wanted, class_names, device,
                                    transforms, transform_seed)
+        if relevance is not None:
+            extras["false_negatives"] = FalseNegatives(torch.as_tensor(index, device=device),
+                                                       torch.as_tensor(captions, device=device), relevance)
         with autocast:
             image_emb, text_emb = model(batch["images"], batch["texts"])
             loss = sampler.compute_loss(loss_fn, model, batch, image_emb, text_emb, extras)
@@ -330,6 +355,9 @@ def dry_run(model: DualEncoder, loss: torch.nn.Module, sampler: Sampler, split: 
     with torch.no_grad():
         batch, extras = make_batch(model, split, index, captions, _loss_extras(loss),
                                    list(dataset.info.class_names), torch.device("cpu"), transforms, 0)
+        if masks_false_negatives(loss, sampler, transforms):  # own-image relevance: cheap, same shapes
+            extras["false_negatives"] = FalseNegatives(torch.as_tensor(index), torch.as_tensor(captions),
+                                                       PairRelevance(split))
         image_emb, text_emb = model(batch["images"], batch["texts"])
         sampler.compute_loss(loss, model, batch, image_emb, text_emb, extras)
 

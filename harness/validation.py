@@ -13,7 +13,7 @@ from harness.errors import ConfigError, HarnessError, did_you_mean
 from harness.jobs import encoder_context, encoder_head, get_dataset
 from harness.model import DualEncoder, HeadedEncoder
 from harness.registry import PluginImportError, Registry, load_plugins
-from harness.training import DRY_RUN_SAMPLES, dry_run, freeze
+from harness.training import DRY_RUN_SAMPLES, dry_run, freeze, masks_false_negatives
 
 
 def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | None = None, *,
@@ -144,6 +144,11 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
                 sampler.check_loss(loss)
             except (ValueError, TypeError) as exc:
                 raise error(str(exc), f"{at}.sampler") from None
+            try:
+                masks_false_negatives(loss, sampler, transforms)
+            except ValueError as exc:
+                side = "loss" if getattr(loss, "mask_false_negatives", False) else "sampler"
+                raise error(str(exc), f"{at}.{side}.mask_false_negatives") from None
             if train.optimizer == "lbfgs":
                 # full batch: the whole split is one step, so there are no past batches to queue and
                 # the line search, not a norm bound, sets the step length

@@ -73,20 +73,42 @@ def value_and_grads(fn, x, y):
     return value.detach(), gx, gy
 
 
-def moco_run(rows: slice | None):
-    """Two MoCo steps (no optimizer) on the given rows; returns step 2's loss and the queues."""
+ID_SPACE = 20  # texts and images that false-negative masking knows about
+
+
+def relevance_lookup():
+    """A random relevance over ID_SPACE texts × images (text k true of image k, and others)."""
+    import numpy as np
+    from harness.data import PairRelevance, Split
+    rel = np.random.default_rng(0).random((ID_SPACE, ID_SPACE)) < 0.3
+    np.fill_diagonal(rel, True)
+    split = Split("train", np.zeros((ID_SPACE, 1)), [str(k) for k in range(ID_SPACE)], np.arange(ID_SPACE))
+    return PairRelevance(split, rel)
+
+
+def false_negatives(ids: torch.Tensor, rows=slice(None)):
+    from harness.components import FalseNegatives
+    return FalseNegatives(ids[rows], ids[rows], relevance_lookup())
+
+
+def moco_run(rows: slice | None, mask: bool = False):
+    """Two MoCo steps (no optimizer) on the given rows; returns step 2's loss and the queues (with
+    ``mask``, masking false negatives, also the queued ids)."""
     from harness_plugins.contrastive import losses as L, samplers as S
     *_, batches = data()
     model, loss = Linear2(), L.InfoNCE(0.1)
-    sampler = S.MoCo(size=12, momentum=0.9, in_batch=True)
+    sampler = S.MoCo(size=12, momentum=0.9, in_batch=True, mask_false_negatives=mask)
     sampler.setup(model, loss)
     values = []
-    for batch in batches:
+    for step, batch in enumerate(batches):
         batch = {k: v[rows] for k, v in batch.items()} if rows is not None else batch
+        ids = torch.arange(len(batches[0]["images"])) + step * 8
+        extras = {"false_negatives": false_negatives(ids, rows or slice(None))} if mask else {}
         image_emb, text_emb = model(batch["images"], batch["texts"])
-        values.append(sampler.compute_loss(loss, model, batch, image_emb, text_emb, {}).detach())
+        values.append(sampler.compute_loss(loss, model, batch, image_emb, text_emb, extras).detach())
         sampler.after_step(model, batch, image_emb.detach(), text_emb.detach())
-    return values[-1], sampler.image_queue.rows(), sampler.text_queue.rows()
+    out = (values[-1], sampler.image_queue.rows(), sampler.text_queue.rows())
+    return out + (sampler.image_id_queue.rows(), sampler.text_id_queue.rows()) if mask else out
 
 
 def _worker(rank: int, port: int) -> None:
@@ -112,6 +134,23 @@ def _worker(rank: int, port: int) -> None:
     calls["triplet+negatives"] = with_negatives(L.Triplet(max_violation=True))
     calls["rerank"] = lambda a, b, rows=None: rerank.compute_loss(L.NTLogistic(0.2), None, {}, a, b, {})
 
+    # false-negative masking: ids gathered with the rows, so the mask is the global batch's
+    ids = torch.arange(sum(ROWS))
+    for name, make in loss_cases().items():
+        calls[f"{name}+mask"] = (lambda loss: lambda a, b, rows=slice(None): loss(
+            a, b, false_negatives=false_negatives(ids, rows)))(make())
+    pool_ids = torch.arange(8, 14)  # the shared pool's texts, and per-anchor images, by id
+    per_anchor_ids = torch.randint(0, ID_SPACE, (sum(ROWS), 3), generator=torch.Generator().manual_seed(1))
+
+    def masked_negatives(a, b, rows=slice(None)):
+        neg = L.Negatives(text=pool, image=per_anchor[rows], text_positive=keys[rows], in_batch=True,
+                          text_ids=pool_ids, image_ids=per_anchor_ids[rows])
+        return L.NTXent(0.1)(a, b, negatives=neg, false_negatives=false_negatives(ids, rows))
+    calls["nt-xent+negatives+mask"] = masked_negatives
+    masked_rerank = S.Rerank(top_n=3, size=0, mask_false_negatives=True)
+    calls["rerank+mask"] = lambda a, b, rows=slice(None): masked_rerank.compute_loss(
+        L.InfoNCE(0.1), None, {}, a, b, {"false_negatives": false_negatives(ids, rows)})
+
     # single-process references, before the process group exists
     assert not hd.is_distributed() and hd.all_gather(x) is x and hd.row_offset(3) == 0
     refs = {name: value_and_grads(call, x, y) for name, call in calls.items()}
@@ -121,6 +160,7 @@ def _worker(rank: int, port: int) -> None:
     scale_ref = learnable.logit_scale.grad.clone()
     learnable.zero_grad()
     moco_ref = moco_run(None)
+    moco_masked_ref = moco_run(None, mask=True)
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD, timeout=datetime.timedelta(seconds=60))
@@ -153,6 +193,9 @@ def _worker(rank: int, port: int) -> None:
         torch.testing.assert_close(value, moco_ref[0])
         torch.testing.assert_close(queue_img, moco_ref[1])
         torch.testing.assert_close(queue_txt, moco_ref[2])
+        # and with masking, the queued ids too
+        for got, want in zip(moco_run(mine, mask=True), moco_masked_ref):
+            torch.testing.assert_close(got, want)
     finally:
         dist.destroy_process_group()
 

@@ -17,6 +17,14 @@ sampler (``moco``, ``rerank``), never by the runner. Without it the negatives of
 rows of the batch. With it, each direction (image anchors → texts, text anchors → images) scores its
 anchor against a positive (the pair, or a momentum key) and a set of negatives (the sampler's, plus the
 batch's other positives when ``in_batch``); each loss below states what it does with those scores.
+
+False negatives: every loss except ``devise`` takes ``mask_false_negatives`` (default false). When it is
+set (on the loss or on the sampler), the runner passes ``false_negatives=FalseNegatives(...)``
+(:class:`harness.components.FalseNegatives`: the rows' split indices and the dataset's relevance) and the
+loss drops from each anchor's negatives every item the dataset marks as relevant to it — in-batch
+rows, queued keys and re-ranked candidates alike (samplers tag their negatives with ids). A dropped
+negative is simply absent from the formula (masked before the log-sum-exp, the hinge or the mean), so
+the gradient is that of the loss without it; under DDP the ids are gathered with the embeddings.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import hookimpl
+from harness.components import FalseNegatives
 from harness.distributed import all_gather
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's bound on 1/τ: a learnable temperature never goes below 0.01
@@ -46,7 +55,9 @@ class Negatives:
     adds none. ``text_positive`` / ``image_positive`` (``[B, D]``, local rows) replace ``text_emb`` /
     ``image_emb`` as the positive of the other side's anchors (MoCo's momentum keys). ``in_batch`` keeps
     the other rows of the (global) batch's positives as negatives too. Row-aligned tensors are gathered
-    across ranks by the loss, with the batch; shared pools are used as given.
+    across ranks by the loss, with the batch; shared pools are used as given. ``text_ids`` /
+    ``image_ids`` (long, ``[K]`` or ``[B, K]`` like the negatives) name the split rows the negatives
+    came from, for masking false negatives; samplers fill them when the runner passes ``false_negatives``.
     """
 
     text: torch.Tensor | None = None
@@ -54,6 +65,8 @@ class Negatives:
     text_positive: torch.Tensor | None = None
     image_positive: torch.Tensor | None = None
     in_batch: bool = False
+    text_ids: torch.Tensor | None = None
+    image_ids: torch.Tensor | None = None
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor], shared: bool = True) -> "Negatives":
         """Apply ``fn`` to every tensor (to the shared ``[K, D]`` pools only if ``shared``)."""
@@ -118,46 +131,92 @@ def _with_first_column(valid: torch.Tensor | None) -> torch.Tensor | None:
     return None if valid is None else torch.cat([valid.new_ones(valid.shape[0], 1), valid], 1)
 
 
-def _gather(image_emb, text_emb, negatives):
-    """The global batch (and the row-aligned parts of the sampler's negatives) from every rank."""
+def _gather(image_emb, text_emb, negatives, false_negatives=None):
+    """The global batch (and the row-aligned parts of the sampler's negatives, and the rows' ids) from
+    every rank."""
     if negatives is not None:
-        negatives = negatives.map(all_gather, shared=False)
-    return all_gather(image_emb), all_gather(text_emb), negatives
+        per_row = {name: all_gather(ids) for name in ("text_ids", "image_ids")
+                   if (ids := getattr(negatives, name)) is not None and ids.dim() == 2}
+        negatives = dataclasses.replace(negatives.map(all_gather, shared=False), **per_row)
+    if false_negatives is not None:
+        false_negatives = dataclasses.replace(false_negatives,
+                                              image_ids=all_gather(false_negatives.image_ids),
+                                              text_ids=all_gather(false_negatives.text_ids))
+    return all_gather(image_emb), all_gather(text_emb), negatives, false_negatives
+
+
+def _check_masking(loss: nn.Module, false_negatives: FalseNegatives | None) -> None:
+    if getattr(loss, "mask_false_negatives", False) and false_negatives is None:
+        raise ValueError(f"{type(loss).__name__}(mask_false_negatives=True) needs "
+                         "false_negatives=FalseNegatives(...): the rows' ids and the dataset's relevance")
+
+
+def _relevant_negatives(fn: FalseNegatives, ids: torch.Tensor | None, anchors_are_images: bool,
+                        shape: tuple[int, ...]) -> torch.Tensor:
+    """``[B, K]`` True where the sampler negative (``ids``: ``[K]`` shared, ``[B, K]`` per anchor) is
+    relevant to the anchor: a text true of the anchor image, an image the anchor text is true of."""
+    if ids is None:
+        raise ValueError("mask_false_negatives: the sampler's negatives carry no ids")
+    ids = ids.to(fn.image_ids.device)
+    ids = ids[None, :] if ids.dim() == 1 else ids
+    if anchors_are_images:
+        return fn.relevant(ids, fn.image_ids[:, None]).expand(shape)
+    return fn.relevant(fn.text_ids[:, None], ids).expand(shape)
+
+
+def _in_batch_masks(n: int, device: torch.device, fn: FalseNegatives | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Valid in-batch negatives of image anchors among the batch's texts (and of text anchors among its
+    images): every other row, less (with ``fn``) those relevant to the anchor. Image anchor a and text
+    j: text j true of image a, R[j, a]; text anchor a and image j: R[a, j]. The same masks serve the
+    same-modality negatives the other way round (an image its text is true of; a text true of its image)."""
+    off_diag = ~torch.eye(n, dtype=torch.bool, device=device)
+    if fn is None:
+        return off_diag, off_diag
+    relevant = fn.matrix().to(device)
+    return off_diag & ~relevant.T, off_diag & ~relevant
 
 
 def _scores(image: torch.Tensor, text: torch.Tensor, negatives: Negatives | None,
-            both: bool = True, same_modality: bool = False) -> list[Scores]:
+            both: bool = True, same_modality: bool = False,
+            false_negatives: FalseNegatives | None = None) -> list[Scores]:
     """Scores of the image→text direction and (if ``both``) the text→image one, from inputs already
     normalized or cast. ``same_modality`` also counts the anchors' other in-batch rows as negatives
-    (SimCLR's 2B−1 denominator)."""
+    (SimCLR's 2B−1 denominator). With ``false_negatives`` (global ids) the negatives relevant to
+    their anchor are marked invalid."""
+    fn = false_negatives
     if negatives is None:  # plain in-batch: one B×B product serves both directions
         s = image @ text.T
-        off_diag = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
-        out = [Scores(s.diagonal(), s, off_diag)]
+        image_valid, text_valid = _in_batch_masks(s.shape[0], s.device, fn)
+        out = [Scores(s.diagonal(), s, image_valid)]
         if both:
-            out.append(Scores(s.diagonal(), s.T, off_diag))
+            out.append(Scores(s.diagonal(), s.T, text_valid))
         if same_modality:
-            out = [Scores(pos, torch.cat([neg, a @ a.T], 1), torch.cat([off_diag, off_diag], 1))
-                   for (pos, neg, _), a in zip(out, (image, text))]
+            out = [Scores(pos, torch.cat([neg, a @ a.T], 1), torch.cat([valid, other], 1))
+                   for (pos, neg, valid), a, other in zip(out, (image, text), (text_valid, image_valid))]
         return out
 
-    directions = [(image, negatives.text_positive, text, negatives.text),
-                  (text, negatives.image_positive, image, negatives.image)]
+    image_valid, text_valid = _in_batch_masks(image.shape[0], image.device, fn)
+    directions = [(image, negatives.text_positive, text, negatives.text, negatives.text_ids, True,
+                   image_valid, text_valid),
+                  (text, negatives.image_positive, image, negatives.image, negatives.image_ids, False,
+                   text_valid, image_valid)]
     out = []
-    for anchor, positive, pair, extra in directions[: 2 if both else 1]:
+    for anchor, positive, pair, extra, extra_ids, anchors_are_images, cross_valid, same_valid \
+            in directions[: 2 if both else 1]:
         positive = pair if positive is None else positive
         parts, masks = [], []
         if negatives.in_batch:
-            off_diag = ~torch.eye(anchor.shape[0], dtype=torch.bool, device=anchor.device)
             parts.append(anchor @ positive.T)
-            masks.append(off_diag)
+            masks.append(cross_valid)
             if same_modality:
                 parts.append(anchor @ anchor.T)
-                masks.append(off_diag)
+                masks.append(same_valid)
         if extra is not None:
             parts.append(anchor @ extra.T if extra.dim() == 2
                          else torch.einsum("bd,bkd->bk", anchor, extra))
-            masks.append(torch.ones_like(parts[-1], dtype=torch.bool))
+            masks.append(torch.ones_like(parts[-1], dtype=torch.bool) if fn is None else
+                         ~_relevant_negatives(fn, extra_ids, anchors_are_images, parts[-1].shape))
         pos = (anchor * positive).sum(-1)
         if not parts:
             out.append(Scores(pos, pos.new_zeros(pos.shape[0], 0), None))
@@ -184,8 +243,10 @@ class InfoNCE(nn.Module):
     [s₊, s₁…s_K]/τ with target 0 (MoCo's logits), averaged over both directions.
     """
 
-    def __init__(self, temperature: float = 0.07, learnable_temperature: bool = False):
+    def __init__(self, temperature: float = 0.07, learnable_temperature: bool = False,
+                 mask_false_negatives: bool = False):
         super().__init__()
+        self.mask_false_negatives = bool(mask_false_negatives)
         temperature = _check_temperature(temperature)
         if learnable_temperature:
             if 1.0 / temperature > MAX_LOGIT_SCALE:
@@ -214,14 +275,17 @@ class InfoNCE(nn.Module):
 
     @_full_precision
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                negatives: Negatives | None = None) -> torch.Tensor:
-        image, text, negatives = _gather(image_emb, text_emb, negatives)
+                negatives: Negatives | None = None,
+                false_negatives: FalseNegatives | None = None) -> torch.Tensor:
+        _check_masking(self, false_negatives)
+        image, text, negatives, fn = _gather(image_emb, text_emb, negatives, false_negatives)
         scale = self.scale()
-        if negatives is None:  # the hot path: one matmul, two fused cross-entropies
+        if negatives is None and fn is None:  # the hot path: one matmul, two fused cross-entropies
             logits = (_unit(image) @ _unit(text).T) * scale
             target = torch.arange(logits.shape[0], device=logits.device)
             return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-        directions = _scores(_unit(image), _unit(text), negatives.map(_unit))
+        negatives = None if negatives is None else negatives.map(_unit)
+        directions = _scores(_unit(image), _unit(text), negatives, false_negatives=fn)
         return sum(_infonce_direction(d, scale) for d in directions) / 2
 
 
@@ -240,17 +304,21 @@ class NTXent(nn.Module):
     they join each anchor's denominator (same-modality rows only come from the batch, when ``in_batch``).
     """
 
-    def __init__(self, temperature: float = 0.1):
+    def __init__(self, temperature: float = 0.1, mask_false_negatives: bool = False):
         super().__init__()
         self.temperature = _check_temperature(temperature)
+        self.mask_false_negatives = bool(mask_false_negatives)
 
     @_full_precision
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                negatives: Negatives | None = None) -> torch.Tensor:
-        image, text, negatives = _gather(image_emb, text_emb, negatives)
+                negatives: Negatives | None = None,
+                false_negatives: FalseNegatives | None = None) -> torch.Tensor:
+        _check_masking(self, false_negatives)
+        image, text, negatives, fn = _gather(image_emb, text_emb, negatives, false_negatives)
         negatives = None if negatives is None else negatives.map(_unit)
         # The 2B rows split into B image rows and B text rows: the mean over 2B is the mean of both.
-        directions = _scores(_unit(image), _unit(text), negatives, same_modality=True)
+        directions = _scores(_unit(image), _unit(text), negatives, same_modality=True,
+                             false_negatives=fn)
         return sum(_infonce_direction(d, 1.0 / self.temperature) for d in directions) / 2
 
 
@@ -261,17 +329,21 @@ class NTLogistic(nn.Module):
     the second mean over every (anchor, negative) pair of that direction.
     """
 
-    def __init__(self, temperature: float = 0.1):
+    def __init__(self, temperature: float = 0.1, mask_false_negatives: bool = False):
         super().__init__()
         self.temperature = _check_temperature(temperature)
+        self.mask_false_negatives = bool(mask_false_negatives)
 
     @_full_precision
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                negatives: Negatives | None = None) -> torch.Tensor:
-        image, text, negatives = _gather(image_emb, text_emb, negatives)
+                negatives: Negatives | None = None,
+                false_negatives: FalseNegatives | None = None) -> torch.Tensor:
+        _check_masking(self, false_negatives)
+        image, text, negatives, fn = _gather(image_emb, text_emb, negatives, false_negatives)
         negatives = None if negatives is None else negatives.map(_unit)
         # In-batch, both directions hold the same pairs: one direction is the formula.
-        directions = _scores(_unit(image), _unit(text), negatives, both=negatives is not None)
+        directions = _scores(_unit(image), _unit(text), negatives, both=negatives is not None,
+                             false_negatives=fn)
         total = 0
         for d in directions:  # −log σ(x) = softplus(−x), stable for any x
             total = total + (_masked_mean(F.softplus(-d.pos / self.temperature), None)
@@ -288,19 +360,23 @@ class Triplet(nn.Module):
     that sum by B. With sampler negatives the hinges run over each anchor's negatives instead.
     """
 
-    def __init__(self, margin: float = 0.2, max_violation: bool = False, reduction: str = "mean"):
+    def __init__(self, margin: float = 0.2, max_violation: bool = False, reduction: str = "mean",
+                 mask_false_negatives: bool = False):
         super().__init__()
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.margin, self.max_violation, self.reduction = float(margin), bool(max_violation), reduction
+        self.mask_false_negatives = bool(mask_false_negatives)
 
     @_full_precision
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                negatives: Negatives | None = None) -> torch.Tensor:
-        image, text, negatives = _gather(image_emb, text_emb, negatives)
+                negatives: Negatives | None = None,
+                false_negatives: FalseNegatives | None = None) -> torch.Tensor:
+        _check_masking(self, false_negatives)
+        image, text, negatives, fn = _gather(image_emb, text_emb, negatives, false_negatives)
         negatives = None if negatives is None else negatives.map(_unit)
         total = 0
-        for d in _scores(_unit(image), _unit(text), negatives):
+        for d in _scores(_unit(image), _unit(text), negatives, false_negatives=fn):
             hinge = F.relu(self.margin + d.neg - d.pos[:, None])
             if d.valid is not None:
                 hinge = torch.where(d.valid, hinge, 0)  # hinges are ≥ 0, so 0 never wins the max
@@ -320,17 +396,20 @@ class NPair(nn.Module):
     runs over each anchor's negatives and g is the anchor's positive (e.g. a momentum key).
     """
 
-    def __init__(self, l2_reg: float = 0.0, symmetric: bool = False):
+    def __init__(self, l2_reg: float = 0.0, symmetric: bool = False, mask_false_negatives: bool = False):
         super().__init__()
         self.l2_reg, self.symmetric = float(l2_reg), bool(symmetric)
+        self.mask_false_negatives = bool(mask_false_negatives)
 
     @_full_precision
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                negatives: Negatives | None = None) -> torch.Tensor:
-        image, text, negatives = _gather(image_emb, text_emb, negatives)
+                negatives: Negatives | None = None,
+                false_negatives: FalseNegatives | None = None) -> torch.Tensor:
+        _check_masking(self, false_negatives)
+        image, text, negatives, fn = _gather(image_emb, text_emb, negatives, false_negatives)
         image, text = _fp32(image), _fp32(text)
         negatives = None if negatives is None else negatives.map(_fp32)
-        directions = _scores(image, text, negatives, both=self.symmetric)
+        directions = _scores(image, text, negatives, both=self.symmetric, false_negatives=fn)
         positives = [text, image]
         if negatives is not None:
             positives = [p if p is not None else q for p, q in
@@ -356,16 +435,20 @@ class Contrastive(nn.Module):
     With sampler negatives: ½ Σ over both directions of the same two means over that direction's pairs.
     """
 
-    def __init__(self, margin: float = 1.0):
+    def __init__(self, margin: float = 1.0, mask_false_negatives: bool = False):
         super().__init__()
         self.margin = float(margin)
+        self.mask_false_negatives = bool(mask_false_negatives)
 
     @_full_precision
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                negatives: Negatives | None = None) -> torch.Tensor:
-        image, text, negatives = _gather(image_emb, text_emb, negatives)
+                negatives: Negatives | None = None,
+                false_negatives: FalseNegatives | None = None) -> torch.Tensor:
+        _check_masking(self, false_negatives)
+        image, text, negatives, fn = _gather(image_emb, text_emb, negatives, false_negatives)
         negatives = None if negatives is None else negatives.map(_unit)
-        directions = _scores(_unit(image), _unit(text), negatives, both=negatives is not None)
+        directions = _scores(_unit(image), _unit(text), negatives, both=negatives is not None,
+                             false_negatives=fn)
         total = 0
         for d in directions:
             # 2 − 2s is the squared distance of unit vectors (a zero vector sits at √2 from all).

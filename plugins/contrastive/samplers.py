@@ -7,6 +7,11 @@ A loss can take sampler negatives iff its ``forward`` has a ``negatives`` parame
 rejects any other loss (``devise``, which scores against label embeddings) before training starts.
 
 Distributed: queues hold keys gathered from every rank, so they are identical on all ranks.
+
+False negatives: every sampler takes ``mask_false_negatives`` (default false), which turns masking on for
+the method as the loss's option does (either is enough). Queues then also keep the split ids of their
+keys, so the loss can drop queued keys relevant to an anchor, and ``rerank`` picks its hardest negatives
+among the candidates *not* relevant to the anchor (the relevant ones are what it would otherwise pick).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import hookimpl
-from harness.components import Sampler, TokenFeatures
+from harness.components import FalseNegatives, Sampler, TokenFeatures
 from harness.distributed import all_gather, all_gather_with_offset
 from harness_plugins.contrastive.losses import Negatives
 
@@ -33,6 +38,9 @@ def _require_pooled(sampler: Sampler, image_emb, text_emb) -> None:
 
 class InBatch(Sampler):
     """In-batch negatives: each anchor's negatives are the other rows of the (global) batch."""
+
+    def __init__(self, mask_false_negatives: bool = False):
+        self.mask_false_negatives = bool(mask_false_negatives)
 
 
 class _Queue:
@@ -68,13 +76,17 @@ class _MemorySampler(Sampler):
 
     name = "memory"
 
-    def __init__(self, size: int, momentum: float | None):
+    def __init__(self, size: int, momentum: float | None, mask_false_negatives: bool = False):
         if size < 0:
             raise ValueError(f"size must be ≥ 0, got {size}")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         self.size, self.momentum = int(size), momentum
         self.image_queue, self.text_queue = _Queue(self.size), _Queue(self.size)
+        # the split ids of the queued keys, row-aligned with the queues (only while masking)
+        self.mask_false_negatives = bool(mask_false_negatives)
+        self.image_id_queue, self.text_id_queue = _Queue(self.size), _Queue(self.size)
+        self._pending_ids: tuple[torch.Tensor, torch.Tensor] | None = None
         self.image_key: nn.Module | None = None
         self.text_key: nn.Module | None = None
         self._pending_keys: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -118,6 +130,23 @@ class _MemorySampler(Sampler):
     def _enqueue(self, image_rows: torch.Tensor, text_rows: torch.Tensor) -> None:
         self.image_queue.push(all_gather(image_rows.detach()))
         self.text_queue.push(all_gather(text_rows.detach()))
+        if self._pending_ids is not None:
+            self.image_id_queue.push(all_gather(self._pending_ids[0]))
+            self.text_id_queue.push(all_gather(self._pending_ids[1]))
+
+    def _remember_ids(self, extras: dict[str, Any]) -> FalseNegatives | None:
+        """The batch's ``false_negatives`` (when masking), whose ids are queued with this step's keys."""
+        fn = extras.get("false_negatives")
+        self._pending_ids = None if fn is None else (fn.image_ids, fn.text_ids)
+        return fn
+
+    @staticmethod
+    def _queued_ids(queue: _Queue, ids: _Queue, fn: FalseNegatives | None) -> torch.Tensor | None:
+        if fn is None or queue.rows() is None:
+            return None
+        if ids.count != queue.count:  # e.g. a queue filled before masking was turned on
+            raise ValueError("mask_false_negatives: the queue holds keys without ids")
+        return ids.rows()
 
     def after_step(self, model: nn.Module, batch: dict[str, Any], image_emb: torch.Tensor,
                    text_emb: torch.Tensor) -> None:
@@ -127,11 +156,14 @@ class _MemorySampler(Sampler):
                 self._enqueue(*self._pending_keys)  # keys of this step, enqueued after its loss
         else:
             self._enqueue(image_emb, text_emb)
-        self._pending_keys = None
+        self._pending_keys = self._pending_ids = None
 
     def state_dict(self) -> dict[str, Any]:
         state = {"image_queue": self.image_queue.state_dict(),
                  "text_queue": self.text_queue.state_dict()}
+        if self.image_id_queue.count:
+            state["image_id_queue"] = self.image_id_queue.state_dict()
+            state["text_id_queue"] = self.text_id_queue.state_dict()
         if self.image_key is not None:
             state["image_key"] = self.image_key.state_dict()
             state["text_key"] = self.text_key.state_dict()
@@ -144,6 +176,9 @@ class _MemorySampler(Sampler):
         self._pending_state = None
         self.image_queue.load_state_dict(state["image_queue"])
         self.text_queue.load_state_dict(state["text_queue"])
+        if "image_id_queue" in state:
+            self.image_id_queue.load_state_dict(state["image_id_queue"])
+            self.text_id_queue.load_state_dict(state["text_id_queue"])
         if self.image_key is not None:
             self.image_key.load_state_dict(state["image_key"])
             self.text_key.load_state_dict(state["text_key"])
@@ -164,17 +199,21 @@ class MoCo(_MemorySampler):
 
     name = "moco"
 
-    def __init__(self, size: int = 4096, momentum: float = 0.999, in_batch: bool = False):
-        super().__init__(size, momentum)
+    def __init__(self, size: int = 4096, momentum: float = 0.999, in_batch: bool = False,
+                 mask_false_negatives: bool = False):
+        super().__init__(size, momentum, mask_false_negatives)
         self.in_batch = bool(in_batch)
 
     def compute_loss(self, loss, model, batch, image_emb, text_emb, extras):
         _require_pooled(self, image_emb, text_emb)
         key_image, key_text = self._keys(model, batch)
         self._pending_keys = (key_image, key_text)
+        fn = self._remember_ids(extras)
         negatives = Negatives(text=self.text_queue.rows(), image=self.image_queue.rows(),
                               text_positive=key_text, image_positive=key_image,
-                              in_batch=self.in_batch)
+                              in_batch=self.in_batch,
+                              text_ids=self._queued_ids(self.text_queue, self.text_id_queue, fn),
+                              image_ids=self._queued_ids(self.image_queue, self.image_id_queue, fn))
         return loss(image_emb, text_emb, negatives=negatives, **extras)
 
 
@@ -196,26 +235,33 @@ class Rerank(_MemorySampler):
 
     name = "rerank"
 
-    def __init__(self, top_n: int = 16, size: int = 4096, momentum: float | None = None):
+    def __init__(self, top_n: int = 16, size: int = 4096, momentum: float | None = None,
+                 mask_false_negatives: bool = False):
         if top_n < 1:
             raise ValueError(f"top_n must be ≥ 1, got {top_n}")
-        super().__init__(size, momentum)
+        super().__init__(size, momentum, mask_false_negatives)
         self.top_n = int(top_n)
 
     def _hardest(self, anchor: torch.Tensor, batch_pool: torch.Tensor, offset: int,
-                 memory: torch.Tensor | None) -> torch.Tensor:
-        """The ``top_n`` candidates most similar to each anchor, excluding its own positive."""
+                 memory: torch.Tensor | None, relevant: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``top_n`` candidates most similar to each anchor, excluding its own positive (and, given
+        ``relevant`` ``[B, pool]``, ranking the candidates relevant to the anchor last), with their
+        indices into the pool."""
         pool = batch_pool if memory is None else torch.cat([batch_pool, memory.to(batch_pool.dtype)])
         n = min(self.top_n, len(pool) - 1)  # every candidate but the positive, at most
         if n <= 0:
-            return pool.new_zeros(len(anchor), 0, pool.shape[1])
+            return pool.new_zeros(len(anchor), 0, pool.shape[1]), torch.zeros(
+                len(anchor), 0, dtype=torch.long, device=pool.device)
         with torch.no_grad():  # selection only: the gradient flows through the gathered rows
             a = F.normalize(anchor.float(), dim=-1)
             scores = a @ F.normalize(pool.float(), dim=-1).T
+            if relevant is not None:  # below every real score (cosines ≥ −1), above the positive's −∞
+                scores = scores.masked_fill(relevant.to(scores.device), -3.0)
             own = offset + torch.arange(len(anchor), device=scores.device)
             scores[torch.arange(len(anchor), device=scores.device), own] = -float("inf")
             index = scores.topk(n, dim=1).indices
-        return pool[index]  # [B, n, D]
+        return pool[index], index  # [B, n, D], [B, n]
 
     def compute_loss(self, loss, model, batch, image_emb, text_emb, extras):
         _require_pooled(self, image_emb, text_emb)
@@ -228,10 +274,27 @@ class Rerank(_MemorySampler):
         # Global candidates: every rank's positives (with gradient when they are online embeddings).
         all_text, offset = all_gather_with_offset(pos_text)
         all_image = all_gather(pos_image)
-        negatives = Negatives(
-            text=self._hardest(image_emb, all_text, offset, self.text_queue.rows()),
-            image=self._hardest(text_emb, all_image, offset, self.image_queue.rows()),
-            text_positive=key_text, image_positive=key_image, in_batch=False)
+        fn = self._remember_ids(extras)
+        if fn is None:
+            text_neg, _ = self._hardest(image_emb, all_text, offset, self.text_queue.rows())
+            image_neg, _ = self._hardest(text_emb, all_image, offset, self.image_queue.rows())
+            negatives = Negatives(text=text_neg, image=image_neg, text_positive=key_text,
+                                  image_positive=key_image, in_batch=False)
+            return loss(image_emb, text_emb, negatives=negatives, **extras)
+        # the candidates' ids: the global batch's, then the queue's
+        text_ids, image_ids = all_gather(fn.text_ids), all_gather(fn.image_ids)
+        queued = self._queued_ids(self.text_queue, self.text_id_queue, fn)
+        text_pool_ids = text_ids if queued is None else torch.cat([text_ids, queued.to(text_ids.device)])
+        queued = self._queued_ids(self.image_queue, self.image_id_queue, fn)
+        image_pool_ids = image_ids if queued is None else torch.cat([image_ids,
+                                                                     queued.to(image_ids.device)])
+        text_neg, text_index = self._hardest(image_emb, all_text, offset, self.text_queue.rows(),
+                                             fn.relevant(text_pool_ids[None, :], fn.image_ids[:, None]))
+        image_neg, image_index = self._hardest(text_emb, all_image, offset, self.image_queue.rows(),
+                                               fn.relevant(fn.text_ids[:, None], image_pool_ids[None, :]))
+        negatives = Negatives(text=text_neg, image=image_neg, text_positive=key_text,
+                              image_positive=key_image, in_batch=False,
+                              text_ids=text_pool_ids[text_index], image_ids=image_pool_ids[image_index])
         return loss(image_emb, text_emb, negatives=negatives, **extras)
 
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import hookimpl
-from harness.components import TokenFeatures
-from harness.distributed import all_gather_tokens
+from harness.components import FalseNegatives, TokenFeatures
+from harness.distributed import all_gather, all_gather_tokens
 from harness.metrics import MATCHMAP_POOLINGS, matchmap_scores
 
 NEEDS_TOKENS = "matchmap needs token/location features: set the encoders' pool to none"
@@ -27,20 +27,26 @@ class MatchMap(nn.Module):
     L = ½ [CE(S/τ, diag) + CE(Sᵀ/τ, diag)], each cross-entropy a mean over the B rows (the paper sums
     the two directions; averaged here as in ``infonce``). Scores and loss run in float32, autocast off.
     Under torch.distributed both sides are gathered (padded to the longest L / T, masked) so the loss is
-    the global batch's on every rank.
+    the global batch's on every rank. ``mask_false_negatives`` drops from both cross-entropies the
+    off-diagonal pairs the dataset marks as true (logit −∞), as the contrastive losses do.
     """
 
-    def __init__(self, temperature: float = 0.1, pooling: str = "misa", normalize: bool = False):
+    def __init__(self, temperature: float = 0.1, pooling: str = "misa", normalize: bool = False,
+                 mask_false_negatives: bool = False):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if pooling not in MATCHMAP_POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(MATCHMAP_POOLINGS)}, got {pooling!r}")
         self.temperature, self.pooling, self.normalize = float(temperature), pooling, bool(normalize)
+        self.mask_false_negatives = bool(mask_false_negatives)
 
     def forward(self, image_feats: torch.Tensor, text_feats: torch.Tensor,
                 text_mask: torch.Tensor | None = None,
-                image_mask: torch.Tensor | None = None) -> torch.Tensor:
+                image_mask: torch.Tensor | None = None,
+                false_negatives: FalseNegatives | None = None) -> torch.Tensor:
+        if self.mask_false_negatives and false_negatives is None:
+            raise ValueError("MatchMap(mask_false_negatives=True) needs false_negatives=FalseNegatives(...)")
         image, text = self._tokens(image_feats, "image_feats"), self._tokens(text_feats, "text_feats")
         if image.shape[0] != text.shape[0]:
             raise ValueError(f"matchmap needs matching pairs: {image.shape[0]} images but "
@@ -50,6 +56,11 @@ class MatchMap(nn.Module):
         scores = matchmap_scores(image, text, text_mask, image_mask, self.pooling)  # float32, autocast off
         logits = scores / self.temperature  # float32: autocast lowers matmuls, not the cross-entropy
         target = torch.arange(logits.shape[0], device=logits.device)
+        if false_negatives is not None:  # R[j, i]: text j true of image i; the diagonal stays
+            relevant = false_negatives.relevant(all_gather(false_negatives.text_ids)[None, :],
+                                                all_gather(false_negatives.image_ids)[:, None])
+            off_diag = ~torch.eye(len(target), dtype=torch.bool, device=logits.device)
+            logits = logits.masked_fill(relevant.to(logits.device) & off_diag, -float("inf"))
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
     def pair_scores(self, image: Any, text: Any) -> torch.Tensor:
