@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 import harness
 from harness.config import MethodSpec
+from harness.environment import Environment
 
 SCHEMA_VERSION = 1
 Status = Literal["ok", "failed", "diverged"]
@@ -35,6 +36,8 @@ class Provenance(BaseModel):
     started_at: datetime
     finished_at: datetime
     duration_s: float
+    # packages, CPU, torch build and settings, and their fingerprint (None in older files)
+    environment: Environment | None = None
 
 
 class DatasetRecord(BaseModel):
@@ -201,7 +204,7 @@ def git_sha() -> str | None:
 
 
 def provenance(started_at: datetime, finished_at: datetime, duration_s: float,
-               device: str | None) -> Provenance:
+               device: str | None, environment: Environment | None = None) -> Provenance:
     try:
         import torch
         torch_version, cuda = torch.__version__, torch.version.cuda
@@ -210,7 +213,7 @@ def provenance(started_at: datetime, finished_at: datetime, duration_s: float,
     return Provenance(harness_version=harness.__version__, git_sha=git_sha(), git_dirty=git_dirty(),
                       python=sys.version.split()[0], torch=torch_version, cuda=cuda, device=device,
                       platform=platform.platform(), started_at=started_at, finished_at=finished_at,
-                      duration_s=round(duration_s, 3))
+                      duration_s=round(duration_s, 3), environment=environment)
 
 
 def to_jsonable(value: Any) -> Any:
