@@ -213,15 +213,15 @@ def differences(old: Environment, new: Environment, limit: int = 8) -> list[str]
 
 
 def installed_from_elsewhere(name: str) -> str | None:
-    """Where a distribution was installed from when that was not a package index (a local folder, an
-    editable checkout, a VCS URL; PEP 610's ``direct_url.json``), else None."""
+    """Where a distribution was installed from when that was a source folder (an editable checkout) or a
+    version-control URL, which no package index serves (PEP 610's ``direct_url.json``); else None. A
+    wheel installed from a local file counts as the index's: its name and version pin it."""
     try:
         text = metadata.distribution(name).read_text("direct_url.json")
     except metadata.PackageNotFoundError:
         return None
-    if not text:
-        return None
     try:
-        return json.loads(text).get("url")
+        origin = json.loads(text) if text else {}
     except ValueError:
-        return "an unknown location"
+        return None
+    return origin.get("url") if "dir_info" in origin or "vcs_info" in origin else None
