@@ -216,7 +216,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "lock":
         from harness.lock import lock
         written_as = ["harness", "lock", *args.results, *(["-o", args.output] if args.output else [])]
-        text = lock(args.results, command=" ".join(written_as))
+        text = lock(args.results, command=" ".join(written_as), output=args.output or "<this file>")
         if args.output is None:
             print(text, end="")
             return 0

@@ -36,7 +36,7 @@ def _torch_and_python(result: RunResult) -> tuple[str | None, str]:
     return result.provenance.torch, result.provenance.python
 
 
-def lock(paths: Sequence[str | Path], command: str = "harness lock") -> str:
+def lock(paths: Sequence[str | Path], command: str = "harness lock", output: str = "<this file>") -> str:
     """The requirements file (text) pinning the environment of the ``ok`` result files ``paths`` name.
 
     Pins come from the files' recorded environments (``installed``: the dependency closure of the
@@ -65,11 +65,11 @@ def lock(paths: Sequence[str | Path], command: str = "harness lock") -> str:
             raise HarnessError(f"{path}: produced with torch {torch_was}, Python {python_was}, not with "
                                f"the locked torch {torch_version}, Python {python}; lock it separately "
                                f"(from an environment that has them)")
-    return _requirements(pins, reference, source, len(results), command)
+    return _requirements(pins, reference, source, len(results), command, output)
 
 
 def _requirements(pins: dict[str, str], reference: Environment, source: str, count: int,
-                  command: str) -> str:
+                  command: str, output: str) -> str:
     python = reference.python.split()[0]
     build = reference.torch_build
     cuda = f", CUDA {build['cuda']}, cuDNN {build.get('cudnn', '?')}" if build.get("cuda") else ""
@@ -78,7 +78,7 @@ def _requirements(pins: dict[str, str], reference: Environment, source: str, cou
              f"{build.get('blas', '?')}, oneDNN {build.get('onednn', '?')}{cuda}).",
              f"# Pinned from {source}.",
              f"# Recreate it with Python {python}: python -m venv .venv && .venv/bin/pip install "
-             f"-r <this file> -e .", ""]
+             f"-r {output} -e .", ""]
     local = []
     for name, version in pins.items():
         origin = installed_from_elsewhere(name)

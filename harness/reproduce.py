@@ -18,7 +18,11 @@ from tabulate import tabulate
 
 from harness.environment import differences
 from harness.errors import HarnessError
+from harness.jobs import plan
+from harness.launchers import Task
 from harness.results import RunResult, first_difference, open_result, read_result, result_files, result_path
+from harness.runner import run_task_here
+from harness.validation import prepare
 
 #: in another environment a metric may move by this many sample stds of the committed seeds
 SPREAD_FACTOR = 1.5
@@ -119,11 +123,6 @@ def rerun(path: Path, result: RunResult, out_dir: Path, plugins: Sequence[str] =
     """Run the job ``result`` describes (method config, dataset parameters, evaluators, eval splits,
     plugin modules, seed) and write its result under ``out_dir``. Modules that provided a component
     through ``-p`` are loaded again, since the file names them."""
-    from harness.jobs import plan
-    from harness.launchers import Task
-    from harness.runner import run_task_here
-    from harness.validation import prepare
-
     modules = list(dict.fromkeys([*plugins, *(p.module for p in result.providers or ()
                                               if p.module and p.module not in result.plugins)]))
     benchmark = {"name": result.benchmark, "dataset": {"name": result.dataset.name, **result.dataset.params},
@@ -151,8 +150,8 @@ def environment_note(committed: RunResult, rerun: RunResult) -> tuple[bool, str]
                        f"{was.python}, here torch {now.torch}, Python {now.python}")
     if old.fingerprint == new.fingerprint:
         return True, f"the same (fingerprint {new.fingerprint})"
-    return False, (f"different (fingerprint {old.fingerprint} in the file, {new.fingerprint} here): "
-                   f"{'; '.join(differences(old, new)) or 'the recorded fields agree (a fingerprint computed otherwise)'}")
+    changed = "; ".join(differences(old, new)) or "the recorded fields agree (fingerprinted otherwise)"
+    return False, f"different (fingerprint {old.fingerprint} in the file, {new.fingerprint} here): {changed}"
 
 
 def tolerance_note(same_environment: bool, absolute: float | None, seed_count: int) -> str:

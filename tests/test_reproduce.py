@@ -43,6 +43,10 @@ def _copy(toy_results, tmp_path) -> Path:
     return target / "infonce"
 
 
+def _shift(data: dict, metric: str, by: float) -> None:
+    data["metrics"][metric] += by
+
+
 def _edit(path: Path, change) -> None:
     data = json.loads(path.read_text())
     change(data)
@@ -62,7 +66,7 @@ def test_a_fresh_run_reproduces_exactly(toy_results, capsys):
 
 def test_a_tampered_metric_exits_1_naming_it(toy_results, tmp_path, capsys):
     folder = _copy(toy_results, tmp_path)
-    _edit(folder / "seed-0.json", lambda d: d["metrics"].update({"retrieval/t2i_R@1": d["metrics"]["retrieval/t2i_R@1"] + 0.5}))
+    _edit(folder / "seed-0.json", lambda d: _shift(d, "retrieval/t2i_R@1", 0.5))
     assert main(["reproduce", str(folder / "seed-0.json")]) == 1
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("retrieval/t2i_R@1 "))
@@ -109,7 +113,7 @@ def test_a_folder_with_sample_checks_n_files_drawn_with_a_printed_seed(toy_resul
 
 def test_absolute_tolerance(toy_results, tmp_path, capsys):
     folder = _copy(toy_results, tmp_path)
-    _edit(folder / "seed-0.json", lambda d: d["metrics"].update({"retrieval/rsum": d["metrics"]["retrieval/rsum"] + 0.25}))
+    _edit(folder / "seed-0.json", lambda d: _shift(d, "retrieval/rsum", 0.25))
     assert main(["reproduce", str(folder / "seed-0.json"), "--tolerance", "0.3"]) == 0
     assert "|difference| ≤ 0.3 for every metric" in capsys.readouterr().out
     assert main(["reproduce", str(folder / "seed-0.json"), "--tolerance", "0.2"]) == 1
@@ -117,7 +121,8 @@ def test_absolute_tolerance(toy_results, tmp_path, capsys):
 
 @pytest.mark.parametrize("write, words", [
     (lambda p: p.write_text('{"benchmark": "toy", '), ["not valid JSON", "line 1"]),
-    (lambda p: p.write_text('{"name": "left-pad", "version": "1.0.0"}'), ["not a harness result file", "lacks schema_version"]),
+    (lambda p: p.write_text('{"name": "left-pad", "version": "1.0.0"}'),
+     ["not a harness result file", "lacks schema_version"]),
     (lambda p: p.write_text("[1, 2]"), ["not a harness result file"]),
     (lambda p: p.write_bytes(b"\xff\xfe{}"), ["not UTF-8"]),
     (lambda p: _edit(p, lambda d: d.update(seed="zero")), ["seed:", "integer"]),
@@ -170,11 +175,9 @@ def test_allowed_difference_rules():
 
 
 def test_compare_names_missing_and_non_finite_metrics():
-    def result(metrics):
-        return RunResult.model_validate({**json.loads((ROOT / "results" / "shapes" / "linear-cca" / "seed-0.json")
-                                                      .read_text()), "metrics": metrics})
-
-    committed, rerun = result({"a": 1.0, "b": None, "c": 2.0, "e": 3.0}), result({"a": 1.0, "b": None, "d": 3.0, "e": None})
+    stored = json.loads((ROOT / "results" / "shapes" / "linear-cca" / "seed-0.json").read_text())
+    committed = RunResult.model_validate({**stored, "metrics": {"a": 1.0, "b": None, "c": 2.0, "e": 3.0}})
+    rerun = RunResult.model_validate({**stored, "metrics": {"a": 1.0, "b": None, "d": 3.0, "e": None}})
     checks = {c.metric: c for c in compare(committed, rerun, [committed], True, None)}
     assert checks["a"].ok and checks["b"].ok  # equal, and non-finite on both sides
     assert not checks["c"].ok and checks["c"].missing == "in the rerun"
@@ -204,7 +207,8 @@ def test_lock_pins_the_recorded_environment(toy_results, tmp_path, capsys):
             requirement = Requirement(line)  # pip reads it
             pins[requirement.name] = str(requirement.specifier)
     installed = read_result(toy_results / "infonce" / "seed-0.json").provenance.environment.installed
-    assert pins["torch"] == f"=={metadata.version('torch')}" and pins["numpy"] == f"=={metadata.version('numpy')}"
+    assert pins["torch"] == f"=={metadata.version('torch')}"
+    assert pins["numpy"] == f"=={metadata.version('numpy')}"
     assert set(pins) == set(installed) - {"multimodal-harness"}
     assert "# multimodal-harness" in text and "pytest" not in pins  # the checkout itself; no dev tools
     assert f"Python {platform.python_version()}" in text and "pip install -r" in text
