@@ -1,4 +1,4 @@
-"""``harness`` command line: run, validate, table, plot, list, show, plugins.
+"""``harness`` command line: run, validate, table, plot, list, show, plugins, reproduce, lock.
 
 User errors (bad files, fields, names, arguments) print one clear line and exit with code 2; a benchmark
 whose runs did not all finish ``ok`` exits with 1.
@@ -73,6 +73,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the component's registered name, e.g. infonce")
 
     sub.add_parser("plugins", parents=[common], help="list installed plugins and their hooks")
+
+    p = sub.add_parser("reproduce", parents=[common],
+                       help="rerun the jobs of result files and compare their metrics with the files'")
+    p.add_argument("results", nargs="+", metavar="RESULT", help="result files, or folders of them")
+    p.add_argument("--sample", type=int, metavar="N", help="check N result files drawn at random")
+    p.add_argument("--sample-seed", type=int, metavar="SEED", help="the seed of --sample's draw")
+    p.add_argument("--tolerance", default="auto", metavar="auto|ABS",
+                   help="auto (default): identical in the same environment, else within 1.5x the "
+                        "committed seeds' std; or the largest absolute difference for every metric")
+    p.add_argument("--out", help="keep the reruns' result files here (default: a temporary folder)")
+
+    p = sub.add_parser("lock", parents=[common],
+                       help="a pinned requirements file of the environment result files were made in")
+    p.add_argument("results", nargs="+", metavar="RESULT", help="result files, or folders of them")
+    p.add_argument("--output", "-o", help="write it to this file instead of stdout")
     return parser
 
 
@@ -188,6 +203,27 @@ def _dispatch(args: argparse.Namespace) -> int:
                 raise HarnessError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         else:
             print(text)
+        return 0
+
+    if args.command == "reproduce":
+        from harness.reproduce import parse_tolerance, reproduce
+        if args.sample is not None and args.sample < 1:
+            raise HarnessError(f"--sample: expected a positive number of files, got {args.sample}")
+        return 0 if reproduce(args.results, sample=args.sample, sample_seed=args.sample_seed,
+                              absolute=parse_tolerance(args.tolerance), plugins=args.plugin,
+                              out_dir=args.out) else 1
+
+    if args.command == "lock":
+        from harness.lock import lock
+        written_as = ["harness", "lock", *args.results, *(["-o", args.output] if args.output else [])]
+        text = lock(args.results, command=" ".join(written_as), output=args.output or "<this file>")
+        if args.output is None:
+            print(text, end="")
+            return 0
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            raise HarnessError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         return 0
 
     if args.command == "plot":

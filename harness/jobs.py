@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import random
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 from pydantic import BaseModel
 
-from harness.config import BenchmarkSpec, ComponentSpec, MethodSpec
+from harness.config import BenchmarkSpec, ComponentSpec, MethodSpec, TrainSpec
 from harness.data import Dataset
+from harness.environment import CUBLAS_DETERMINISTIC
 from harness.errors import HarnessError
 from harness.registry import Registry
 from harness.results import DatasetRecord, Provider, RunResult, SweepPoint, configuration, first_difference
@@ -116,6 +119,39 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def run_settings(train: TrainSpec, device: torch.device) -> Iterator[None]:
+    """Torch's process-wide settings for one run, restored afterwards so that they never leak into the
+    next run of the process: ``train.threads`` CPU threads, and with ``train.deterministic`` torch's
+    deterministic algorithms (an op without one raises, naming itself), cuDNN's deterministic kernels
+    without autotuning, and on CUDA cuBLAS's deterministic workspace setting (cuBLAS reads it when
+    torch first allocates its workspace in a process, so a GPU process should run deterministic
+    jobs from the start)."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    try:
+        if train.threads is not None:
+            torch.set_num_threads(train.threads)
+        if train.deterministic:
+            if device.type == "cuda":
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        yield
+    finally:
+        threads, algorithms, warn_only, cudnn_deterministic, cudnn_benchmark, workspace = saved
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 def resolve_device(name: str) -> torch.device:

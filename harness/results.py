@@ -18,6 +18,8 @@ from pydantic import BaseModel, ValidationError
 
 import harness
 from harness.config import MethodSpec
+from harness.errors import HarnessError
+from harness.environment import Environment
 
 SCHEMA_VERSION = 1
 Status = Literal["ok", "failed", "diverged"]
@@ -35,6 +37,8 @@ class Provenance(BaseModel):
     started_at: datetime
     finished_at: datetime
     duration_s: float
+    # packages, CPU, torch build and settings, and their fingerprint (None in older files)
+    environment: Environment | None = None
 
 
 class DatasetRecord(BaseModel):
@@ -176,6 +180,57 @@ def read_result(path: str | Path) -> RunResult:
     return RunResult.model_validate_json(Path(path).read_text())
 
 
+#: fields every result file has, whatever its schema version: a JSON object without them is not one
+RESULT_KEYS = ("schema_version", "benchmark", "method", "seed", "status", "provenance")
+
+
+def open_result(path: str | Path) -> RunResult:
+    """A result file named by a user. A missing, unreadable, malformed or foreign file raises a
+    :class:`HarnessError` naming the file (and the field), never a traceback."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HarnessError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise HarnessError(f"{path}: not a result file (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                           f"{exc.msg})") from None
+    except OSError as exc:
+        raise HarnessError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    missing = [key for key in RESULT_KEYS if key not in data] if isinstance(data, dict) else RESULT_KEYS
+    if missing:
+        raise HarnessError(f"{path}: not a harness result file (a JSON object with "
+                           f"{', '.join(RESULT_KEYS)}); it lacks {', '.join(missing)}")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise HarnessError(f"{path}: schema_version: {data['schema_version']!r}; this harness reads "
+                           f"version {SCHEMA_VERSION}")
+    try:
+        return RunResult.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise HarnessError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}{more}") from None
+
+
+def result_files(paths: list[str | Path]) -> list[Path]:
+    """The result files that command-line arguments name: files as given, folders searched for
+    ``seed-<n>.json`` (in subfolders too), in order, each once."""
+    found: dict[Path, None] = {}
+    for arg in map(Path, paths):
+        if arg.is_dir():
+            inside = sorted(arg.glob("**/seed-*.json"))
+            if not inside:
+                raise HarnessError(f"{arg}: no result files (expected <method>/seed-<n>.json)")
+            found.update(dict.fromkeys(inside))
+        elif arg.exists():
+            found[arg] = None
+        else:
+            raise HarnessError(f"{arg}: no such file or folder")
+    return list(found)
+
+
 def load_results(directory: str | Path) -> list[RunResult]:
     """Every valid result file under ``directory`` (a benchmark folder). Unreadable files are warned
     about and skipped; leftover temp files from a killed run are ignored."""
@@ -201,7 +256,7 @@ def git_sha() -> str | None:
 
 
 def provenance(started_at: datetime, finished_at: datetime, duration_s: float,
-               device: str | None) -> Provenance:
+               device: str | None, environment: Environment | None = None) -> Provenance:
     try:
         import torch
         torch_version, cuda = torch.__version__, torch.version.cuda
@@ -210,7 +265,7 @@ def provenance(started_at: datetime, finished_at: datetime, duration_s: float,
     return Provenance(harness_version=harness.__version__, git_sha=git_sha(), git_dirty=git_dirty(),
                       python=sys.version.split()[0], torch=torch_version, cuda=cuda, device=device,
                       platform=platform.platform(), started_at=started_at, finished_at=finished_at,
-                      duration_s=round(duration_s, 3))
+                      duration_s=round(duration_s, 3), environment=environment)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +24,9 @@ import torch
 from harness.components import EvalContext
 from harness.config import BenchmarkSpec, ComponentSpec
 from harness.errors import ConfigError, HarnessError
+from harness.environment import capture_environment, with_imported
 from harness.jobs import (Diverged, Job, _build, build_encoder, dataset_record, describe_device, get_dataset, plan,
-                          resolve_device, seed_everything, stale_reason)
+                          resolve_device, run_settings, seed_everything, stale_reason)
 from harness.model import DualEncoder, EstimatorModel
 from harness.plots import plot_results
 from harness.launchers import Task
@@ -92,12 +94,13 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     spec = job.spec
     status, error, trace, scores, history = "ok", None, None, Scores(), []
-    record, device = None, None
-    default_threads = torch.get_num_threads()
+    record, device, environment = None, None, None
+    distributions = {p.distribution for p in job.providers or () if p.distribution}
+    settings = ExitStack()  # the run's torch settings (threads, determinism), restored at the end
     try:
-        if spec.train.threads is not None:
-            torch.set_num_threads(spec.train.threads)
         device = resolve_device(spec.train.device)
+        settings.enter_context(run_settings(spec.train, device))
+        environment = capture_environment(device, distributions)  # with the run's settings in force
         dataset, fingerprint = get_dataset(job.dataset, registry)
         record = dataset_record(job.dataset, fingerprint)
         train = dataset.split("train")
@@ -141,8 +144,9 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
     except Exception as exc:  # one method's bug must not stop the benchmark
         status, error, trace = "failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()
     finally:
-        torch.set_num_threads(default_threads)
+        settings.close()
     finished = datetime.now(timezone.utc)
+    environment = with_imported(environment or capture_environment(device, distributions))
     ok = status == "ok"
     return RunResult(
         benchmark=job.benchmark, method=job.name, method_index=job.method_index, seed=job.seed,
@@ -153,7 +157,7 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         evaluators=to_jsonable(job.evaluators), eval_splits=job.eval_splits, plugins=job.plugins,
         providers=job.providers, sweep=job.sweep,
         provenance=provenance(started, finished, time.perf_counter() - t0,
-                              describe_device(device) if device is not None else None))
+                              describe_device(device) if device is not None else None, environment))
 
 
 def _finite_or_none(value: Any) -> float | None:

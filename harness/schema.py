@@ -48,6 +48,9 @@ class TrainSpec(BaseModel):
     # CPU threads torch uses for this run (None: torch's default, one per core); 1 when several
     # benchmarks share a machine, whose default thread pools otherwise oversubscribe the cores
     threads: PositiveInt | None = None
+    # torch's deterministic algorithms (and cuDNN's, and cuBLAS's workspace setting on CUDA) for the
+    # run: bitwise-repeatable GPU runs, at a cost in speed there (README, "Deterministic mode")
+    deterministic: bool = False
     # training-time transforms of the raw images, applied in order (never at evaluation)
     transforms: list[ComponentSpec] = []
 

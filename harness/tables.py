@@ -64,6 +64,10 @@ class MethodRow:
             return None
         return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
+    def environments(self) -> list[str]:
+        """The environments (:func:`environment_label`) of the ``ok`` runs, in seed order, each once."""
+        return list(dict.fromkeys(environment_label(r) for r in self.ok))
+
     def status(self) -> str:
         counts = Counter(r.status for r in self.runs)
         if set(counts) == {"ok"}:
@@ -105,6 +109,25 @@ def _distinguishing(config: dict, others: list[dict]) -> str:
             text = str(value)
             return f"{path.removeprefix('method.')}={text if len(text) <= 16 else text[:12] + '…'}"
     return "?"
+
+
+def environment_label(result: RunResult) -> str:
+    """The environment a run computed in, for telling environments apart: its fingerprint with a summary,
+    or, for files written before environments were recorded, the torch and Python they name."""
+    env, prov = result.provenance.environment, result.provenance
+    if env is not None:
+        return f"{env.fingerprint}: {env.summary()}"
+    return f"torch {prov.torch}, Python {prov.python} (no fingerprint recorded)"
+
+
+def environment_letters(rows: Sequence[MethodRow]) -> dict[str, str]:
+    """Environment label -> ``A``, ``B``, … in order of appearance over the rows' ``ok`` runs."""
+    labels = dict.fromkeys(label for row in rows for label in row.environments())
+    return {label: _letter(i) for i, label in enumerate(labels)}
+
+
+def _letter(i: int) -> str:
+    return chr(ord("A") + i) if i < 26 else f"E{i + 1}"
 
 
 def by_benchmark(results: Iterable[RunResult]) -> dict[str, list[RunResult]]:
@@ -348,7 +371,7 @@ def _table(results: Sequence[RunResult], metrics: Sequence[str] | None, fmt: str
     higher = directions(results)
     cells = {m: compare_with_best(rows, m, higher.get(m, True)) for m in metrics}
     if fmt == "csv":
-        return _csv(rows, metrics, cells, benchmark_column)
+        return _csv(rows, metrics, cells, benchmark_column, mixed=len(environment_letters(rows)) > 1)
 
     def bold(text: str) -> str:
         return {"github": f"**{text}**", "latex": rf"\textbf{{{text}}}", "html": f"<b>{text}</b>"}[fmt]
@@ -363,6 +386,9 @@ def _table(results: Sequence[RunResult], metrics: Sequence[str] | None, fmt: str
     headers = [esc("method"), esc("seeds"), esc("status")] + [
         f"{esc(m)}{f' ({esc(unit[m])})' if unit.get(m) else ''} {arrows[higher.get(m, True)]}"
         for m in metrics]
+    letters = environment_letters(rows)
+    mixed = len(letters) > 1  # runs from several environments: each row says which, the footnote how
+    headers += [esc("environment")] if mixed else []
     decimals = {m: column_decimals(rows, m) for m in metrics}
     best = {m: _best_mean(rows, m, higher.get(m, True)) for m in metrics}
     best_shown = {m: None if best[m] is None else _fixed(best[m], decimals[m]) for m in metrics}
@@ -380,12 +406,19 @@ def _table(results: Sequence[RunResult], metrics: Sequence[str] | None, fmt: str
             if cell.ci is not None:
                 text += f" [{_fixed(cell.ci[0], places)}, {_fixed(cell.ci[1], places)}]"
             line.append(text + dagger if cell.tied else text)
+        if mixed:
+            line.append(", ".join(letters[label] for label in row.environments()))
         body.append(line)
     tablefmt = {"github": "github", "latex": LATEX_BOOKTABS_RAW, "html": "unsafehtml"}[fmt]
     table = tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True,
-                     colalign=["left", "right", "left", *["right"] * len(metrics)])
+                     colalign=["left", "right", "left", *["right"] * len(metrics), *["left"] * mixed])
     notes = _footnote([c for m in metrics for c in cells[m]], fmt, bold, esc, dagger,
                       _welch_cells(rows, metrics, cells))
+    if mixed:
+        named = "; ".join(f"{letter}: {esc(label)}" for label, letter in letters.items())
+        notes.append(f"The runs come from {len(letters)} environments ({named}): numbers from different "
+                     f"environments may differ within the seeds' spread (`harness reproduce` checks a "
+                     f"result); a row with several letters mixes them.")
     if fmt == "latex":
         return table + "\n" + "\n".join(f"% {line}" for line in notes)
     if fmt == "html":
@@ -442,7 +475,7 @@ def _best_mean(rows: list[MethodRow], metric: str, higher_is_better: bool) -> fl
 
 
 def _csv(rows: list[MethodRow], metrics: list[str], cells: dict[str, list[Cell]],
-         benchmark_column: bool = False) -> str:
+         benchmark_column: bool = False, mixed: bool = False) -> str:
     """Machine-readable, one line per row of the table: ``[benchmark,] method, seeds, status``, then for
     each metric ``<metric> mean``, ``<metric> std`` (sample std), ``<metric> n`` (the ``ok`` seeds
     that measured it), ``<metric> ci95_low`` and ``<metric> ci95_high`` (the 95 % confidence interval
@@ -452,13 +485,16 @@ def _csv(rows: list[MethodRow], metrics: list[str], cells: dict[str, list[Cell]]
     metrics whose mean (unrounded) is the best of the column, joined by ``;``. Numbers are plain, at full
     precision without float noise (12 significant digits: ``0.14``, ``15``); std and interval are empty
     for one seed, p empty without a test, and mean and std empty (n ``0``) when no seed measured the
-    metric. No units: they are a property of the metric, not of the cell."""
+    metric. No units: they are a property of the metric, not of the cell. When the runs come from
+    several environments, a last column ``environment`` names each row's (:func:`environment_label`,
+    joined by ``;``)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     lead = ["benchmark"] if benchmark_column else []
     parts = ("mean", "std", "n", "ci95_low", "ci95_high", "p", "test", "tied_with_best")
     writer.writerow([*lead, "method", "seeds", "status",
-                     *[f"{m} {part}" for m in metrics for part in parts], "best"])
+                     *[f"{m} {part}" for m in metrics for part in parts], "best",
+                     *["environment"] * mixed])
 
     def number(x: float | None) -> str:
         return "" if x is None else _plain(x)
@@ -473,7 +509,8 @@ def _csv(rows: list[MethodRow], metrics: list[str], cells: dict[str, list[Cell]]
             if c.best:
                 best_on.append(m)
         lead = [row.benchmark] if benchmark_column else []
-        writer.writerow([*lead, row.label, len(row.ok), row.status(), *values, ";".join(best_on)])
+        writer.writerow([*lead, row.label, len(row.ok), row.status(), *values, ";".join(best_on),
+                         *[";".join(row.environments())] * mixed])
     return buffer.getvalue()
 
 
