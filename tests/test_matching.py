@@ -157,7 +157,7 @@ def test_hard_negatives_and_relabelled_in_batch_captions(split):
     h = head("concat")
     x = rand(12, 6)
     y = model.text_encoder(model.text_encoder.prepare(captions))
-    loss = MatchingLoss(negatives=3)
+    loss = MatchingLoss(negatives=3, relabel=True)
     torch.manual_seed(0)
     value = loss(x, y, heads={"match": h}, model=model, captions=captions,
                  **{k: torch.as_tensor(v) for k, v in scene.items()})
@@ -176,7 +176,7 @@ def test_hard_negatives_and_relabelled_in_batch_captions(split):
     same = ["a red circle"] * 4
     red = {"obj_color": np.zeros((4, 3), int), "obj_shape": np.zeros((4, 3), int),
            "obj_size": np.zeros((4, 3), int), "n_objects": np.ones(4, int), "relations": -np.ones((4, 3, 3), int)}
-    loss = MatchingLoss(negatives=2, hard_negatives=False)
+    loss = MatchingLoss(negatives=2, hard_negatives=False, relabel=True)
     torch.manual_seed(1)  # every in-batch caption is true of every image: matches only, no negative term
     all_pos = loss(x[:4], y[:4], heads={"match": h}, captions=same,
                    **{k: torch.as_tensor(v) for k, v in red.items()})
@@ -184,6 +184,11 @@ def test_hard_negatives_and_relabelled_in_batch_captions(split):
     ii = torch.arange(4).repeat(2)
     jj = (ii + torch.randint(1, 4, (8,))) % 4
     torch.testing.assert_close(all_pos, -F.logsigmoid(torch.cat([h(x[:4], y[:4]), h(x[ii], y[jj])])).mean().float())
+    torch.manual_seed(1)  # by default the same in-batch captions are negatives, true or not
+    plain = MatchingLoss(negatives=2, hard_negatives=False)(
+        x[:4], y[:4], heads={"match": h}, captions=same, **{k: torch.as_tensor(v) for k, v in red.items()})
+    torch.testing.assert_close(plain, 0.5 * (-F.logsigmoid(h(x[:4], y[:4])).mean()
+                                             - F.logsigmoid(-h(x[ii], y[jj])).mean()).float())
 
 
 def test_loss_parameters_and_missing_head_are_clear_errors():

@@ -195,12 +195,14 @@ class MatchingLoss(nn.Module):
     encoded by the method's text encoder (:func:`hard_negative_captions`). Hard negatives need captions of the ``shapes`` grammar and scene
     annotations; other datasets get in-batch negatives only. With ``relabel`` (and scene annotations)
     an in-batch caption that is true of the image (``shapes`` repeats "a red circle") counts as a match,
-    not a negative. ``head`` is the key of the method's :class:`MatchingHead`, whose logit is the
+    not a negative: the right label, but it teaches the head how generic a caption is, which then ranks
+    generic captions first for every image (off by default: on ``shapes`` it cost retrieval and
+    minimal-pair accuracy in a pilot). ``head`` is the key of the method's :class:`MatchingHead`, whose logit is the
     method's pair score after training.
     """
 
     def __init__(self, head: str = "match", negatives: int = 3, hard_negatives: bool = True,
-                 relabel: bool = True):
+                 relabel: bool = False):
         super().__init__()
         if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 0:
             raise ValueError(f"negatives must be an integer >= 0, got {negatives!r}")
