@@ -191,6 +191,21 @@ def test_hard_negatives_and_relabelled_in_batch_captions(split):
                                              - F.logsigmoid(-h(x[ii], y[jj])).mean()).float())
 
 
+def test_the_runner_hands_the_loss_the_batch_captions_and_binds_its_pair_score(split):
+    from harness.training import _loss_extras, make_batch
+    from harness_plugins.encoders.small import BagOfWords, Pixels
+
+    info = ShapesDataset(train_size=1, val_size=0, test_size=1, image_size=32, cache=False).info
+    model = DualEncoder(Pixels(size=2, dataset_info=info), BagOfWords(dataset_info=info))
+    wanted = _loss_extras(MatchingLoss())
+    assert {"heads", "model", "captions", "obj_color", "relations"} <= set(wanted)
+    index, texts = np.array([3, 1]), np.array([split.texts_of_image()[3][1], split.texts_of_image()[1][0]])
+    _, extras = make_batch(model, split, index, texts, wanted, [], torch.device("cpu"))
+    assert extras["captions"] == [split.texts[j] for j in texts]
+    assert extras["model"] is model and extras["heads"] is model.heads
+    assert torch.equal(extras["obj_color"], torch.as_tensor(split.extras["obj_color"][index]))
+
+
 def test_loss_parameters_and_missing_head_are_clear_errors():
     with pytest.raises(ValueError, match="negatives must be an integer >= 0"):
         MatchingLoss(negatives=-1)
@@ -361,6 +376,10 @@ def test_matching_methods_and_a_dual_encoder_on_tiny_shapes(tmp_path):
         {"name": "match-mcb", "heads": {"match": {"name": "matcher", "fusion": {"name": "mcb", "dim": 64}}},
          "loss": {"name": "matching", "negatives": 1}},
         {"name": "infonce", "loss": {"name": "infonce"}},
+        {"name": "matchmap", "loss": {"name": "matchmap"},  # token features, its own pair score
+         "encoders": {"image": {**TINY["image"], "pool": "none"}, "text": {**TINY["text"], "pool": "none"}}},
+        {"name": "cca", "estimator": {"name": "linear-cca", "k": 4, "reg": 0.1},  # closed form
+         "encoders": {"image": {"name": "pixels", "size": 4}, "text": {"name": "bag-of-words"}}},
     ], evaluators=[{"name": "matching"}, {"name": "retrieval", "ks": [1, 5]}, {"name": "minimal-pairs"},
                    {"name": "zero-shot"}, {"name": "relation"}])
     config["eval_splits"] = ["val", "test"]
