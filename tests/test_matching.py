@@ -97,6 +97,17 @@ def test_head_builds_its_fusion_on_the_encoders_sizes_with_clear_errors():
         h(torch.zeros(2, 3, 10), torch.zeros(2, 12))
 
 
+def test_a_saved_mcb_matcher_scores_identically_after_a_reload(tmp_path):
+    h = head({"name": "mcb", "dim": 64, "seed": 1})
+    torch.save(h.state_dict(), tmp_path / "head.pt")
+    assert {"fusion.hash_x", "fusion.sign_x", "fusion.hash_y", "fusion.sign_y"} <= set(h.state_dict())
+    other = head({"name": "mcb", "dim": 64, "seed": 2})  # other hashes and signs until loaded
+    x, y = rand(3, 6), rand(4, 5, seed=1)
+    assert not torch.allclose(other.pair_scores(x, y), h.pair_scores(x, y))
+    other.load_state_dict(torch.load(tmp_path / "head.pt", weights_only=True))
+    assert torch.equal(other.pair_scores(x, y), h.pair_scores(x, y))
+
+
 # --- the loss ------------------------------------------------------------------------------------------
 
 
