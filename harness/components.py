@@ -237,7 +237,8 @@ class EvalContext:
 
     ``relevance_fn`` (optional) returns the split's exact relevance, as ``Dataset.relevance(split)``
     does; the runner passes the dataset's, bound to the split. Evaluators reach it through
-    :meth:`relevance`, which calls it at most once, so only evaluators that ask pay for it."""
+    :meth:`relevance`, which calls it at most once, so only evaluators that ask pay for it.
+    ``split_fn(name)`` (optional) returns another split of the dataset; :attr:`val_split` uses it."""
 
     model: EmbeddingModel
     split: Split
@@ -246,6 +247,7 @@ class EvalContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     relevance_fn: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+    split_fn: Callable[[str], Split] | None = field(default=None, repr=False, compare=False)
     _relevance: Any = field(default=_UNSET, init=False, repr=False, compare=False)
     # embeddings of whole splits, shared by every evaluator scoring this context (the model is fixed)
     _embedded: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -257,6 +259,17 @@ class EvalContext:
         if self._relevance is _UNSET:
             self._relevance = None if self.relevance_fn is None else self.relevance_fn()
         return self._relevance
+
+    @property
+    def val_split(self) -> Split | None:
+        """The dataset's ``val`` split (to fit thresholds on), or None when it has none or it is empty."""
+        if self.split_fn is None:
+            return None
+        try:
+            split = self.split_fn("val")
+        except (ValueError, KeyError):
+            return None
+        return split if len(split) else None
 
     def embed(self, split: Split | None = None) -> tuple[Any, Any]:
         """Every image and every text of ``split`` (default: the evaluated split) embedded — once per

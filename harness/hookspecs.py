@@ -11,7 +11,8 @@ before anything trains. The first line of the factory's docstring is the one-lin
 ``harness list`` prints. Factories may also accept these *context* parameters, which the runner fills in
 and users never write: ``embed_dim`` (int), ``dataset_info`` (:class:`harness.data.DatasetInfo`) and,
 for encoders, ``modality`` (``"image"`` or ``"text"``: the side of the pair the encoder is built for) and,
-for an encoder's head, ``input_dim`` (the encoder's ``output_dim``).
+for an encoder's head, ``input_dim`` (the encoder's ``output_dim``); heads and losses get ``x_dim`` and
+``y_dim`` (the image and text encoders' ``output_dim``: the sizes a fusion fuses).
 
 Lifecycle hooks observe a benchmark as it runs (loggers, reporters, dashboards). They must not change
 what is trained; an exception in one is reported and does not stop the benchmark.
@@ -57,7 +58,8 @@ def register_losses(register):
     Pair scores: a loss whose image–text score is not the cosine of pooled vectors defines
     ``pair_scores(image, text) -> [N_images, N_texts]`` (``image``/``text`` as the encoders return
     them); after training it becomes the method's score, which every evaluator comparing images with
-    texts uses (in bounded blocks, :func:`harness.model.blockwise_scores`).
+    texts uses (in bounded blocks, :func:`harness.model.blockwise_scores`). A ``pair_scores`` that
+    names ``heads`` gets the method's heads (a matching head's logit as the score).
     """
 
 
@@ -117,6 +119,19 @@ def register_transforms(register):
     gaze maps and boxes and swaps "left" and "right"); later transforms and the loss see those. It
     draws random numbers from torch's global generator only, which the runner seeds for every batch
     from the run's seed (apart from the model's own random stream), so a run is reproducible.
+    """
+
+
+@hookspec
+def register_fusions(register):
+    """Register fusions (joint representations): ``register(name, factory)``.
+
+    The factory builds a ``torch.nn.Module`` called as ``fusion(x, y)`` on ``x [B, x_dim]`` and
+    ``y [B, y_dim]``, returning ``[B, output_dim]`` (concatenation, bilinear pooling, MCB…; formula in
+    the class docstring). ``x_dim`` and ``y_dim`` are context parameters (in Python, explicit:
+    ``harness.create("fusion", "mcb", x_dim=2048, y_dim=2048, dim=16000)``); a head that fuses the two
+    encoders' outputs (``heads: {match: {name: matcher, fusion: {name: mlb, dim: 256}}}``) builds its
+    fusion with the encoders' output sizes.
     """
 
 

@@ -88,7 +88,12 @@ def components_of(spec: BenchmarkSpec, method: MethodSpec) -> list[tuple[str, Co
         parts += [("transform", comp) for comp in method.stage_train(stage).transforms]
     if method.estimator is not None:
         parts.append(("estimator", method.estimator))
-    parts += [("head", comp) for comp in method.heads.values()]
+    for comp in method.heads.values():
+        parts.append(("head", comp))
+        fusion = comp.params.get("fusion")  # a head's fusion (the matcher's), built by the head itself
+        if isinstance(fusion, (str, dict)) and fusion:
+            parts.append(("fusion", ComponentSpec.model_validate(
+                {"name": fusion} if isinstance(fusion, str) else fusion)))
     parts += [("evaluator", comp) for comp in spec.evaluators]
     return parts
 

@@ -31,11 +31,12 @@ KINDS: dict[str, str] = {
     "estimator": "register_estimators",
     "head": "register_heads",
     "transform": "register_transforms",
+    "fusion": "register_fusions",
     "launcher": "register_launchers",
 }
 
 #: parameters the runner fills in; users never write them in YAML
-CONTEXT_PARAMS = frozenset({"embed_dim", "dataset_info", "modality", "input_dim"})
+CONTEXT_PARAMS = frozenset({"embed_dim", "dataset_info", "modality", "input_dim", "x_dim", "y_dim"})
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,8 @@ def evaluate(job: Job, registry: Registry, model: Any, dataset: Any, split_name:
     relevance = getattr(dataset, "relevance", None)  # duck-typed datasets may not define it
     relevance_fn = None if relevance is None else functools.partial(relevance, split_name)
     context = EvalContext(model=model, split=dataset.split(split_name), train_split=dataset.split("train"),
-                          dataset_info=dataset.info, device=device, seed=job.seed, relevance_fn=relevance_fn)
+                          dataset_info=dataset.info, device=device, seed=job.seed, relevance_fn=relevance_fn,
+                          split_fn=dataset.split)
     prefix = "" if split_name == "test" else f"{split_name}/"
     for comp in job.evaluators:
         params = {k: v for k, v in comp.items() if k != "name"}
@@ -110,6 +111,9 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
             build_encoder(registry, spec.encoders.image, {**context, "modality": "image"}),
             build_encoder(registry, spec.encoders.text, {**context, "modality": "text"}),
             batch_size=spec.train.eval_batch_size, device=device)
+        # heads and losses that fuse the two sides (matching heads) are built on the encoders' sizes
+        context.update(x_dim=getattr(encoders.image_encoder, "output_dim", None),
+                       y_dim=getattr(encoders.text_encoder, "output_dim", None))
         for key, comp in spec.heads.items():  # trainable task heads, trained and saved with the encoders
             # initialised from their own seed: adding a head leaves every other random draw of the run
             # (encoders, dropout, batches) as it was, so methods that share a first stage share it exactly

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -128,6 +129,8 @@ def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np
             extras[name] = model
         elif name == "heads":  # the method's trainable task heads (model.heads)
             extras[name] = model.heads
+        elif name == "captions":  # the batch's caption strings (after transforms), e.g. to edit them
+            extras[name] = list(texts)
         elif name == "label_emb":
             labels_in = model.text_encoder.prepare(class_names)
             extras[name] = model.text_encoder(to_device(labels_in, device))
@@ -210,6 +213,8 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
         relevance = PairRelevance(split, getattr(dataset, "relevance", lambda _: None)(split.name))
     if hasattr(loss_fn, "pair_scores"):  # the method's own pair score (match-map), also for val curves
         model.scorer = loss_fn.pair_scores
+        if "heads" in inspect.signature(loss_fn.pair_scores).parameters:  # a matching head's logit
+            model.scorer = functools.partial(loss_fn.pair_scores, heads=model.heads)
     extras_wanted = _loss_extras(loss_fn)
     class_names = list(dataset.info.class_names)
     model_params = [p for p in model.parameters() if p.requires_grad]

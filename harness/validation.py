@@ -128,6 +128,7 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
                             "they come from defaults)", f"{where}.train.transforms")
             continue
         model = DualEncoder(image, text)
+        context.update(x_dim=getattr(image, "output_dim", None), y_dim=getattr(text, "output_dim", None))
         for key, comp in m.heads.items():
             model.heads[key] = build("head", comp, f"{where}.heads.{key}", context)
         for stage in m.stage_list():

@@ -83,6 +83,15 @@ def test_hook_register_transforms():
     assert torch.equal(transform(images), images)
 
 
+def test_hook_register_fusions():
+    registry = Registry()
+    assert {"concat", "sum", "product", "bilinear", "mlb", "mutan", "mcb"} <= set(registry.available("fusion")["fusion"])
+    assert registry.components["fusion"]["mcb"].plugin == "fusion"
+    mcb = registry.create("fusion", "mcb", x_dim=8, y_dim=6, dim=32)  # x_dim, y_dim: context parameters
+    assert mcb(torch.rand(2, 8), torch.rand(2, 6)).shape == (2, 32)
+    assert "x_dim" not in registry.get("fusion", "mcb").parameters()
+
+
 def test_hook_register_launchers():
     registry = Registry()
     assert {"inline", "processes"} <= set(registry.available("launcher")["launcher"])

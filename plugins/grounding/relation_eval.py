@@ -99,8 +99,9 @@ class RelationEvaluator(Evaluator):
 
     @torch.no_grad()
     def evaluate(self, context: EvalContext) -> dict[str, float]:
-        if not getattr(context.model, "heads", None):  # a method without relation heads: not applicable
-            return {}
+        heads = getattr(context.model, "heads", None) or {}
+        if not {self.attention_head, self.relation_head} & set(heads.keys()):
+            return {}  # a method without relation heads (none, or only others such as a matcher)
         attention, relation = self._heads(context)
         annotations = _split_annotations(context)
         ids = object_phrase_ids(annotations["n_objects"], annotations["obj_color"],
