@@ -385,3 +385,24 @@ def test_masking_with_a_loss_that_cannot_mask_is_a_config_error():
     with pytest.raises(ConfigError, match="cannot mask false negatives") as info:
         prepare(config)
     assert info.value.field == "methods[m].sampler.mask_false_negatives"
+
+
+def test_the_matching_loss_leaves_relevant_in_batch_captions_out_of_its_negatives():
+    from harness_plugins.fusion.matching import MatchingLoss
+    torch.manual_seed(0)
+    head = harness.create("head", "matcher", fusion={"name": "mlb", "dim": 8}, x_dim=D, y_dim=D).double()
+    x, y = embeddings(5)
+    rel = relevance(5)
+    masked = MatchingLoss(negatives=B - 1, hard_negatives=False, mask_false_negatives=True)(
+        x, y, heads={"match": head}, false_negatives=false_negatives(rel))
+    # every other caption of the batch is a negative, except those true of the image
+    i, j = [], []
+    for a in range(B):
+        for c in range(B):
+            if c != a and not rel[c, a]:
+                i.append(a)
+                j.append(c)
+    want = 0.5 * (-F.logsigmoid(head(x, y)).mean() - F.logsigmoid(-head(x[i], y[j])).mean())
+    torch.testing.assert_close(masked, want.float())
+    plain = MatchingLoss(negatives=B - 1, hard_negatives=False)(x, y, heads={"match": head})
+    assert not torch.isclose(plain, masked)

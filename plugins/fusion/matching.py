@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.components import TokenFeatures
+from harness.components import FalseNegatives, TokenFeatures
 from harness.errors import UnknownComponentError
 from harness.model import to_device
 from harness_plugins.datasets.shapes_relevance import caption_relevance
@@ -197,12 +197,13 @@ class MatchingLoss(nn.Module):
     an in-batch caption that is true of the image (``shapes`` repeats "a red circle") counts as a match,
     not a negative: the right label, but it teaches the head how generic a caption is, which then ranks
     generic captions first for every image (off by default: on ``shapes`` it cost retrieval and
-    minimal-pair accuracy in a pilot). ``head`` is the key of the method's :class:`MatchingHead`, whose logit is the
-    method's pair score after training.
+    minimal-pair accuracy in a pilot). ``mask_false_negatives`` instead leaves such captions out of N
+    (from the dataset's relevance, as for the contrastive losses). ``head`` is the key of the method's
+    :class:`MatchingHead`, whose logit is the method's pair score after training.
     """
 
     def __init__(self, head: str = "match", negatives: int = 3, hard_negatives: bool = True,
-                 relabel: bool = False):
+                 relabel: bool = False, mask_false_negatives: bool = False):
         super().__init__()
         if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 0:
             raise ValueError(f"negatives must be an integer >= 0, got {negatives!r}")
@@ -212,11 +213,14 @@ class MatchingLoss(nn.Module):
         if negatives == 0 and not hard_negatives:
             raise ValueError("negatives is 0 and hard_negatives false: the loss needs non-matching pairs")
         self.head, self.negatives, self.hard_negatives, self.relabel = head, negatives, hard_negatives, relabel
+        self.mask_false_negatives = bool(mask_false_negatives)
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, heads: Any, model: Any = None,
                 captions: Sequence[str] | None = None, obj_color: Any = None, obj_shape: Any = None,
                 obj_size: Any = None, n_objects: Any = None, relations: Any = None,
-                obj_bbox: Any = None) -> torch.Tensor:
+                obj_bbox: Any = None, false_negatives: FalseNegatives | None = None) -> torch.Tensor:
+        if self.mask_false_negatives and false_negatives is None:
+            raise ValueError("MatchingLoss(mask_false_negatives=True) needs false_negatives=FalseNegatives(...)")
         head = find_head(heads, self.head)
         image, text = _pooled(image_emb, "image"), _pooled(text_emb, "text")
         B, device = image.shape[0], image.device
@@ -236,6 +240,10 @@ class MatchingLoss(nn.Module):
             if self.relabel and scene is not None:
                 true_of = caption_relevance(list(captions), scene).toarray()  # [caption, image]
                 truth = torch.as_tensor(true_of[j.numpy(), i.numpy()], dtype=torch.float32)
+            if false_negatives is not None:  # caption j true of image i: not a negative, left out
+                fn = false_negatives
+                keep = ~fn.relevant(fn.text_ids.cpu()[j], fn.image_ids.cpu()[i]).cpu()
+                i, j, truth = i[keep], j[keep], truth[keep]
             rows.append(i.to(device))
             cols.append(j.to(device))
             labels.append(truth.to(device))
