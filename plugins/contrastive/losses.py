@@ -225,6 +225,14 @@ def _scores(image: torch.Tensor, text: torch.Tensor, negatives: Negatives | None
     return out
 
 
+def check_flag(name: str, value: bool) -> bool:
+    """A yes/no parameter must be a boolean: ``bool("no")`` is True, so a quoted value would silently
+    turn the option on."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def _check_temperature(temperature: float) -> float:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -246,7 +254,7 @@ class InfoNCE(nn.Module):
     def __init__(self, temperature: float = 0.07, learnable_temperature: bool = False,
                  mask_false_negatives: bool = False):
         super().__init__()
-        self.mask_false_negatives = bool(mask_false_negatives)
+        self.mask_false_negatives = check_flag("mask_false_negatives", mask_false_negatives)
         temperature = _check_temperature(temperature)
         if learnable_temperature:
             if 1.0 / temperature > MAX_LOGIT_SCALE:
@@ -307,7 +315,7 @@ class NTXent(nn.Module):
     def __init__(self, temperature: float = 0.1, mask_false_negatives: bool = False):
         super().__init__()
         self.temperature = _check_temperature(temperature)
-        self.mask_false_negatives = bool(mask_false_negatives)
+        self.mask_false_negatives = check_flag("mask_false_negatives", mask_false_negatives)
 
     @_full_precision
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
@@ -332,7 +340,7 @@ class NTLogistic(nn.Module):
     def __init__(self, temperature: float = 0.1, mask_false_negatives: bool = False):
         super().__init__()
         self.temperature = _check_temperature(temperature)
-        self.mask_false_negatives = bool(mask_false_negatives)
+        self.mask_false_negatives = check_flag("mask_false_negatives", mask_false_negatives)
 
     @_full_precision
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
@@ -365,8 +373,8 @@ class Triplet(nn.Module):
         super().__init__()
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        self.margin, self.max_violation, self.reduction = float(margin), bool(max_violation), reduction
-        self.mask_false_negatives = bool(mask_false_negatives)
+        self.margin, self.max_violation, self.reduction = float(margin), check_flag("max_violation", max_violation), reduction
+        self.mask_false_negatives = check_flag("mask_false_negatives", mask_false_negatives)
 
     @_full_precision
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
@@ -399,7 +407,7 @@ class NPair(nn.Module):
     def __init__(self, l2_reg: float = 0.0, symmetric: bool = False, mask_false_negatives: bool = False):
         super().__init__()
         self.l2_reg, self.symmetric = float(l2_reg), bool(symmetric)
-        self.mask_false_negatives = bool(mask_false_negatives)
+        self.mask_false_negatives = check_flag("mask_false_negatives", mask_false_negatives)
 
     @_full_precision
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
@@ -438,7 +446,7 @@ class Contrastive(nn.Module):
     def __init__(self, margin: float = 1.0, mask_false_negatives: bool = False):
         super().__init__()
         self.margin = float(margin)
-        self.mask_false_negatives = bool(mask_false_negatives)
+        self.mask_false_negatives = check_flag("mask_false_negatives", mask_false_negatives)
 
     @_full_precision
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,

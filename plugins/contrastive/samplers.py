@@ -27,7 +27,7 @@ from torch import nn
 from harness import hookimpl
 from harness.components import FalseNegatives, Sampler, TokenFeatures
 from harness.distributed import all_gather, all_gather_with_offset
-from harness_plugins.contrastive.losses import Negatives
+from harness_plugins.contrastive.losses import Negatives, check_flag
 
 
 def _require_pooled(sampler: Sampler, image_emb, text_emb) -> None:
@@ -40,7 +40,7 @@ class InBatch(Sampler):
     """In-batch negatives: each anchor's negatives are the other rows of the (global) batch."""
 
     def __init__(self, mask_false_negatives: bool = False):
-        self.mask_false_negatives = bool(mask_false_negatives)
+        self.mask_false_negatives = check_flag("mask_false_negatives", mask_false_negatives)
 
 
 class _Queue:
@@ -84,7 +84,7 @@ class _MemorySampler(Sampler):
         self.size, self.momentum = int(size), momentum
         self.image_queue, self.text_queue = _Queue(self.size), _Queue(self.size)
         # the split ids of the queued keys, row-aligned with the queues (only while masking)
-        self.mask_false_negatives = bool(mask_false_negatives)
+        self.mask_false_negatives = check_flag("mask_false_negatives", mask_false_negatives)
         self.image_id_queue, self.text_id_queue = _Queue(self.size), _Queue(self.size)
         self._pending_ids: tuple[torch.Tensor, torch.Tensor] | None = None
         self.image_key: nn.Module | None = None
@@ -202,7 +202,7 @@ class MoCo(_MemorySampler):
     def __init__(self, size: int = 4096, momentum: float = 0.999, in_batch: bool = False,
                  mask_false_negatives: bool = False):
         super().__init__(size, momentum, mask_false_negatives)
-        self.in_batch = bool(in_batch)
+        self.in_batch = check_flag("in_batch", in_batch)
 
     def compute_loss(self, loss, model, batch, image_emb, text_emb, extras):
         _require_pooled(self, image_emb, text_emb)

@@ -26,6 +26,7 @@ from torch import nn
 from harness.components import FalseNegatives, TokenFeatures
 from harness.errors import UnknownComponentError
 from harness.model import to_device
+from harness_plugins.contrastive.losses import check_flag
 from harness_plugins.datasets.shapes_relevance import caption_relevance
 from harness_plugins.encoders.heads import mlp_layers
 from harness_plugins.evaluators.minimal_pairs import KINDS, SCENE_EXTRAS, edit_candidates
@@ -213,7 +214,7 @@ class MatchingLoss(nn.Module):
         if negatives == 0 and not hard_negatives:
             raise ValueError("negatives is 0 and hard_negatives false: the loss needs non-matching pairs")
         self.head, self.negatives, self.hard_negatives, self.relabel = head, negatives, hard_negatives, relabel
-        self.mask_false_negatives = bool(mask_false_negatives)
+        self.mask_false_negatives = check_flag("mask_false_negatives", mask_false_negatives)
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, heads: Any, model: Any = None,
                 captions: Sequence[str] | None = None, obj_color: Any = None, obj_shape: Any = None,

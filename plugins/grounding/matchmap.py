@@ -13,6 +13,7 @@ from harness import hookimpl
 from harness.components import FalseNegatives, TokenFeatures
 from harness.distributed import all_gather, all_gather_tokens
 from harness.metrics import MATCHMAP_POOLINGS, matchmap_scores
+from harness_plugins.contrastive.losses import check_flag
 
 NEEDS_TOKENS = "matchmap needs token/location features: set the encoders' pool to none"
 
@@ -39,7 +40,7 @@ class MatchMap(nn.Module):
         if pooling not in MATCHMAP_POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(MATCHMAP_POOLINGS)}, got {pooling!r}")
         self.temperature, self.pooling, self.normalize = float(temperature), pooling, bool(normalize)
-        self.mask_false_negatives = bool(mask_false_negatives)
+        self.mask_false_negatives = check_flag("mask_false_negatives", mask_false_negatives)
 
     def forward(self, image_feats: torch.Tensor, text_feats: torch.Tensor,
                 text_mask: torch.Tensor | None = None,
