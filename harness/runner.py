@@ -106,7 +106,7 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         encoders = DualEncoder(
             build_encoder(registry, spec.encoders.image, {**context, "modality": "image"}),
             build_encoder(registry, spec.encoders.text, {**context, "modality": "text"}),
-            batch_size=spec.train.eval_batch_size, device=device)
+            batch_size=spec.train.eval_batch_size, device=device, workers=spec.train.workers)
         for key, comp in spec.heads.items():  # trainable task heads, trained and saved with the encoders
             # initialised from their own seed: adding a head leaves every other random draw of the run
             # (encoders, dropout, batches) as it was, so methods that share a first stage share it exactly

@@ -48,6 +48,9 @@ class TrainSpec(BaseModel):
     # CPU threads torch uses for this run (None: torch's default, one per core); 1 when several
     # benchmarks share a machine, whose default thread pools otherwise oversubscribe the cores
     threads: PositiveInt | None = None
+    # data-loading processes (decode, transforms, the encoders' prepare) for training and evaluation;
+    # 0: in the run's own process; auto: none for in-memory data, else one per CPU thread (at most 8)
+    workers: NonNegativeInt | Literal["auto"] = "auto"
     # training-time transforms of the raw images, applied in order (never at evaluation)
     transforms: list[ComponentSpec] = []
 
