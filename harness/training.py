@@ -303,7 +303,8 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
             t_epoch, losses = time.perf_counter(), []
             perm = torch.randperm(len(trainable), generator=order_rng).numpy()
             # the epoch's random choices, drawn here from the run's streams (the same whatever workers)
-            rows = [trainable[perm[step * batch_size:(step + 1) * batch_size]] for step in range(steps_per_epoch)]
+            rows = [trainable[perm[step * batch_size:(step + 1) * batch_size]]
+                    for step in range(steps_per_epoch)]
             texts = [draw_captions(index) for index in rows]
             seeds = [int(transform_rng.integers(2**62)) if transforms else None for _ in rows]
             for step, loaded in enumerate(batches.epoch(rows, texts, seeds)):

@@ -180,7 +180,8 @@ def test_image_text_files_errors_name_line_and_column(tmp_path):
         ('{"image": "photos/00001.jpg", "caption": "x", "split": "dev"}', "path",
          "line 3, split: expected one of train, val, test, got 'dev'"),
         ('{"image": "photos/00001.jpg", "split": "train"}', "path", "line 3: no 'caption' column"),
-        ('{"image": "photos/00001.jpg", "caption": "", "split": "train"}', "path", "caption: expected a non-empty"),
+        ('{"image": "photos/00001.jpg", "caption": "", "split": "train"}', "path",
+         "caption: expected a non-empty"),
         ('{"image": "photos/00001.jpg", "caption": "x", "split": "test"}', "path",
          "line 4: image 'photos/00001.jpg' is in split 'test' and 'train'"),
     ]:
@@ -220,7 +221,8 @@ def test_idx_images_caption_class_names_and_hold_out_classes(tmp_path):
     every = create("idx-images", directory=str(folder), val_size=10).split("train")
     assert len(val) == 10 and len(test) == 20 and len(train) == (every.labels != 7).sum() < 50
     assert 7 not in train.labels and 7 in test.labels and test.extras["is_holdout"].sum() == 2
-    assert test.texts[:2] == ["a photo of a t-shirt.", "a t-shirt"] and test.text_to_image[:4].tolist() == [0, 0, 1, 1]
+    assert test.texts[:2] == ["a photo of a t-shirt.", "a t-shirt"]
+    assert test.text_to_image[:4].tolist() == [0, 0, 1, 1]
     assert isinstance(test.images, np.ndarray) and test.images.shape == (20, 1, 28, 28)
     assert data.info.class_names[9] == "ankle boot" and data.info.image_shape == (1, 28, 28)
     larger = create("idx-images", directory=str(folder), val_size=10, image_size=56)
@@ -261,8 +263,8 @@ def _saved_hf(path, rng):
     import datasets
     from PIL import Image
 
-    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string")),
-                                  "label": datasets.Value("int64")})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64"),
+                                  "caption": datasets.Sequence(datasets.Value("string"))})
 
     def part(n):
         images = [Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)) for _ in range(n)]
@@ -315,7 +317,8 @@ def test_visual_genome_objects_and_relations_in_the_relation_modules_layout(tmp_
     # "ON" and "on" are one predicate; most frequent first
     assert sorted(data.info.predicates) == ["has", "next to", "on", "wearing"] and data.info.predicates[0] == "on"
     ex = train.extras
-    assert ex["relations"].shape == (8, 5, 5) and ex["obj_bbox"].shape == (8, 5, 4) and ex["n_objects"].tolist() == [4] * 8
+    assert ex["relations"].shape == (8, 5, 5) and ex["obj_bbox"].shape == (8, 5, 4)
+    assert ex["n_objects"].tolist() == [4] * 8
     # image 1: man on horse, horse wearing shirt, shirt next to street (4 objects, slots in that order)
     rel = json.loads(files["relationships"].read_text())
     image_id = int(ex["image_id"][0])
@@ -334,8 +337,9 @@ def test_visual_genome_objects_and_relations_in_the_relation_modules_layout(tmp_
                                                               (s["x"] + s["w"]) * sx - left,
                                                               (s["y"] + s["h"]) * sy - top]), 0, 32).tolist()
     assert ex["obj_bbox"][0, 4].tolist() == [-1, -1, -1, -1] and ex["obj_name"][0, 4] == -1
-    chosen = create("visual-genome", image_data=str(files["image_data"]), relationships=str(files["relationships"]),
-                    images=str(tmp_path), predicates=["wearing"], val_size=0, test_size=0)
+    chosen = create("visual-genome", image_data=str(files["image_data"]),
+                    relationships=str(files["relationships"]), images=str(tmp_path), predicates=["wearing"],
+                    val_size=0, test_size=0)
     assert chosen.info.predicates == ["wearing"] and all(" wearing " in t for t in chosen.split("train").texts)
     top1 = create("visual-genome", image_data=str(files["image_data"]), relationships=str(files["relationships"]),
                   images=str(tmp_path), top_k=1, val_size=0, test_size=0)

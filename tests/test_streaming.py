@@ -115,11 +115,21 @@ def test_train_batches_follow_each_epochs_plan_and_never_touch_the_global_stream
             rows = [np.array([epoch, s]) for s in range(3)]
             got = list(batches.epoch(rows, rows, [7, None, epoch]))
             assert [b["index"].tolist() for b in got] == [r.tolist() for r in rows]
-            assert torch.equal(got[1]["noise"], torch.zeros(2)) and not torch.equal(got[0]["noise"], torch.zeros(2))
+            assert torch.equal(got[1]["noise"], torch.zeros(2))  # seed None: no transforms
+            assert not torch.equal(got[0]["noise"], torch.zeros(2))
     finally:
         batches.close()
     assert torch.equal(torch.get_rng_state(), state)
     assert not multiprocessing.active_children()  # close() ended the persistent workers
+
+
+def test_closing_train_batches_mid_epoch_stops_the_workers_at_once():
+    batches = TrainBatches(_load, steps=4, batch_size=2, workers=2, device=torch.device("cpu"))
+    epoch = batches.epoch([np.array([s, s]) for s in range(4)], [np.zeros(2, int)] * 4, [None] * 4)
+    assert next(epoch)["index"].tolist() == [0, 0]  # a run that stops here (diverged)
+    assert len(multiprocessing.active_children()) == 2
+    batches.close()
+    assert not multiprocessing.active_children()
 
 
 def test_evaluation_chunks_are_prepared_in_order_by_workers():
@@ -153,8 +163,8 @@ def test_a_streamed_run_is_the_same_with_any_number_of_workers(tmp_path):
     transforms = [{"name": "hflip", "p": 0.5}, {"name": "random-resized-crop"}, {"name": "color-jitter"}]
     runs = {}
     for workers in (0, 2):
-        outcome = harness.run(_stream_config(tmp_path / "data", workers, transforms), out_dir=tmp_path / f"w{workers}",
-                              progress=False)
+        outcome = harness.run(_stream_config(tmp_path / "data", workers, transforms),
+                              out_dir=tmp_path / f"w{workers}", progress=False)
         result = outcome.results[0]
         assert result.status == "ok", result.error
         runs[workers] = (result.metrics, [h["loss"] for h in result.history], result.dataset.fingerprint)
