@@ -10,6 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from harness.sources import LazySource
+
 
 @dataclass
 class DatasetInfo:
@@ -23,16 +25,19 @@ class DatasetInfo:
     word_categories: dict[str, str] = field(default_factory=dict)  # word -> color/shape/size/relation/function
     class_names: list[str] = field(default_factory=list)
     predicates: list[str] = field(default_factory=list)  # relation names, for relation heads
+    object_names: list[str] = field(default_factory=list)  # object categories (Visual Genome's obj_name ids)
 
 
 @dataclass
 class Split:
     """Aligned samples of one split.
 
-    ``images[i]`` is image i (a ``uint8 [N, C, H, W]`` tensor or array, or an ``[N, d]`` feature view);
+    ``images[i]`` is image i (a ``uint8 [N, C, H, W]`` tensor or array, an ``[N, d]`` feature view, or
+    a :class:`harness.sources.LazySource` such as image files decoded on demand);
     ``texts[j]`` is text j (a caption string, or a row of a second view) and ``text_to_image[j]`` the
     image it describes — an image may have any number of texts. ``extras`` holds per-image arrays
-    (``labels``, ``gaze``, ``objects``...) whose first axis is N.
+    (``labels``, ``gaze``, ``objects``...) whose first axis is N (large ones, such as gaze maps read
+    from files, may be lazy sources too).
     """
 
     name: str
@@ -68,7 +73,10 @@ class Split:
     def fingerprint(self) -> str:
         """A content hash of the split (images, texts and alignment), stable across processes."""
         h = hashlib.blake2b(digest_size=16)
-        h.update(np.ascontiguousarray(np.asarray(self.images)).tobytes())
+        if isinstance(self.images, LazySource):  # read from files: their names and sizes, not pixels
+            h.update(self.images.fingerprint().encode())
+        else:
+            h.update(np.ascontiguousarray(np.asarray(self.images)).tobytes())
         if isinstance(self.texts, (list, tuple)):
             h.update("\x1f".join(map(str, self.texts)).encode())
         else:

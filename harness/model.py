@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.components import TokenFeatures
+from harness.loader import prepared_chunks
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -88,13 +89,14 @@ class DualEncoder(nn.Module):
     modules), trained and saved with the encoders."""
 
     def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, *, batch_size: int = 512,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", workers: int | str = "auto"):
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.heads = nn.ModuleDict()
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.workers = workers  # data workers that decode and prepare evaluation batches (train.workers)
         self.scorer: Callable[[Any, Any], torch.Tensor] | None = None
 
     def forward(self, images: Any, texts: Any) -> tuple[Any, Any]:
@@ -109,10 +111,8 @@ class DualEncoder(nn.Module):
         was_training = encoder.training
         encoder.eval()
         chunks = []
-        for start in range(0, len(items), self.batch_size):
-            index = np.arange(start, min(start + self.batch_size, len(items)))
-            prepared = to_device(encoder.prepare(take(items, index)), self.device)
-            chunks.append(encoder(prepared).float())
+        for prepared in prepared_chunks(items, encoder.prepare, self.batch_size, self.workers, self.device):
+            chunks.append(encoder(to_device(prepared, self.device)).float())
         encoder.train(was_training)
         if not chunks:
             return torch.empty(0, getattr(encoder, "output_dim", 0), device=self.device)

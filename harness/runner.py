@@ -110,7 +110,7 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         encoders = DualEncoder(
             build_encoder(registry, spec.encoders.image, {**context, "modality": "image"}),
             build_encoder(registry, spec.encoders.text, {**context, "modality": "text"}),
-            batch_size=spec.train.eval_batch_size, device=device)
+            batch_size=spec.train.eval_batch_size, device=device, workers=spec.train.workers)
         # heads and losses that fuse the two sides (matching heads) are built on the encoders' sizes
         context.update(x_dim=getattr(encoders.image_encoder, "output_dim", None),
                        y_dim=getattr(encoders.text_encoder, "output_dim", None))

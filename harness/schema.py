@@ -51,6 +51,9 @@ class TrainSpec(BaseModel):
     # torch's deterministic algorithms (and cuDNN's, and cuBLAS's workspace setting on CUDA) for the
     # run: bitwise-repeatable GPU runs, at a cost in speed there (README, "Deterministic mode")
     deterministic: bool = False
+    # data-loading processes (decode, transforms, the encoders' prepare) for training and evaluation;
+    # 0: in the run's own process; auto: none for in-memory data, else one per CPU thread (at most 8)
+    workers: NonNegativeInt | Literal["auto"] = "auto"
     # training-time transforms of the raw images, applied in order (never at evaluation)
     transforms: list[ComponentSpec] = []
 

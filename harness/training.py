@@ -20,6 +20,7 @@ from harness.config import StageSpec, TrainSpec
 from harness.data import Dataset, PairRelevance, Split
 from harness.errors import HarnessError
 from harness.jobs import Diverged, Job, _build
+from harness.loader import TrainBatches, resolve_workers
 from harness.model import DualEncoder, take, to_device
 from harness.registry import Registry
 
@@ -92,22 +93,23 @@ def float_images(raw: Any) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
-def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np.ndarray,
-               extras_wanted: list[str], class_names: list[str], device: torch.device,
-               transforms: Sequence[torch.nn.Module] = (), transform_seed: int | None = None
-               ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The prepared inputs of images ``index`` paired with texts ``captions``, and the loss's extras.
+def load_batch(split: Split, index: np.ndarray, captions: np.ndarray, transform_seed: int | None, *,
+               prepare_images: Callable[[Any], Any], prepare_texts: Callable[[Any], Any],
+               extras_wanted: Sequence[str] = (), transforms: Sequence[torch.nn.Module] = ()
+               ) -> dict[str, Any]:
+    """The CPU half of a training batch, which the data workers run: images ``index`` (decoded when the
+    split reads them from files) and texts ``captions``, the training ``transforms``, the encoders'
+    ``prepare``, and the per-image extras the loss names (as the transforms moved them).
 
-    ``transforms`` (training only) run on the raw images as floats in [0, 1] before ``prepare`` (which
-    then gets them back in the dataset's own dtype, uint8 for ``shapes``, as at evaluation), with
-    torch's global generator seeded from ``transform_seed`` inside :func:`torch.random.fork_rng`, so
-    they neither depend on nor shift the model's random stream; extras they move (gaze maps, boxes,
-    captions) are what the loss then sees."""
+    ``transforms`` run on the raw images as floats in [0, 1] before ``prepare`` (which then gets them
+    back in the dataset's own dtype, uint8 for ``shapes``, as at evaluation), with torch's global
+    generator seeded from ``transform_seed`` inside :func:`torch.random.fork_rng`, so they neither
+    depend on nor shift the model's random stream, and give the same result in any worker."""
     images, texts = take(split.images, index), split.take_texts(captions)
     moved: dict[str, Any] = {}
     if transforms:
         wanted = {name for t in transforms for name in transform_extras(t)}
-        given: dict[str, Any] = {name: torch.as_tensor(np.asarray(split.extras[name])[index])
+        given: dict[str, Any] = {name: torch.as_tensor(take(split.extras[name], index))
                                  for name in wanted if name in split.extras}
         if "captions" in wanted:
             given["captions"] = list(texts)
@@ -119,8 +121,23 @@ def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np
         if raw_dtype in (torch.uint8, np.uint8):  # prepare sees what evaluation feeds it: the raw dtype
             images = images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
         texts = moved.pop("captions", texts)
-    batch = {"images": to_device(model.image_encoder.prepare(images), device),
-             "texts": to_device(model.text_encoder.prepare(texts), device)}
+    extras = {}
+    for name in extras_wanted:
+        if name == "captions":  # the batch's caption strings (after transforms), e.g. to edit them
+            extras[name] = list(texts)
+        elif name in moved:
+            extras[name] = torch.as_tensor(moved[name])
+        elif name in split.extras:
+            extras[name] = torch.as_tensor(take(split.extras[name], index))
+    return {"images": prepare_images(images), "texts": prepare_texts(texts), "extras": extras}
+
+
+def finish_batch(model: DualEncoder, loaded: dict[str, Any], extras_wanted: Sequence[str],
+                 class_names: list[str], device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The main-process half of a training batch: the loaded batch on the device, and the loss's extras
+    (the data's, and those that need the model: ``model``, ``heads``, ``label_emb``, the prepared
+    ``images``/``texts``)."""
+    batch = {"images": to_device(loaded["images"], device), "texts": to_device(loaded["texts"], device)}
     extras = {}
     for name in extras_wanted:
         if name in ("images", "texts"):  # the prepared inputs, e.g. for reconstruction losses
@@ -129,16 +146,26 @@ def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np
             extras[name] = model
         elif name == "heads":  # the method's trainable task heads (model.heads)
             extras[name] = model.heads
-        elif name == "captions":  # the batch's caption strings (after transforms), e.g. to edit them
-            extras[name] = list(texts)
+        elif name == "captions":
+            extras[name] = list(loaded["extras"]["captions"])
         elif name == "label_emb":
             labels_in = model.text_encoder.prepare(class_names)
             extras[name] = model.text_encoder(to_device(labels_in, device))
-        elif name in moved:
-            extras[name] = torch.as_tensor(moved[name]).to(device)
-        elif name in split.extras:
-            extras[name] = torch.as_tensor(np.asarray(split.extras[name])[index]).to(device)
+        elif name in loaded["extras"]:
+            extras[name] = loaded["extras"][name].to(device)
     return batch, extras
+
+
+def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np.ndarray,
+               extras_wanted: list[str], class_names: list[str], device: torch.device,
+               transforms: Sequence[torch.nn.Module] = (), transform_seed: int | None = None
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The prepared inputs of images ``index`` paired with texts ``captions``, and the loss's extras:
+    :func:`load_batch` then :func:`finish_batch`, in this process."""
+    loaded = load_batch(split, index, captions, transform_seed, prepare_images=model.image_encoder.prepare,
+                        prepare_texts=model.text_encoder.prepare, extras_wanted=extras_wanted,
+                        transforms=transforms)
+    return finish_batch(model, loaded, extras_wanted, class_names, device)
 
 
 def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset, registry: Registry,
@@ -247,10 +274,9 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
         # one random caption of each image per step: every caption is seen across epochs
         return flat_texts[offsets[index] + (caption_rng.random(len(index)) * counts[index]).astype(int)]
 
-    def batch_loss(index: np.ndarray, captions: np.ndarray, transform_seed: int | None
+    def batch_loss(index: np.ndarray, captions: np.ndarray, loaded: dict[str, Any]
                    ) -> tuple[torch.Tensor, dict, Any, Any]:
-        batch, extras = make_batch(model, split, index, captions, extras_wanted, class_names, device,
-                                   transforms, transform_seed)
+        batch, extras = finish_batch(model, loaded, extras_wanted, class_names, device)
         if relevance is not None:
             extras["false_negatives"] = FalseNegatives(torch.as_tensor(index, device=device),
                                                        torch.as_tensor(captions, device=device), relevance)
@@ -270,22 +296,31 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
     bar = tqdm(total=train.epochs * steps_per_epoch, desc=f"{job.name} seed={job.seed}"
                + (f" {stage.name}" if named else ""), unit="step", leave=False, disable=not progress,
                file=sys.stderr)
+    # the data workers run the transforms and the encoders' prepare on the epoch's planned batches
+    batches = TrainBatches(
+        functools.partial(load_batch, split, prepare_images=model.image_encoder.prepare,
+                          prepare_texts=model.text_encoder.prepare, extras_wanted=extras_wanted,
+                          transforms=transforms),
+        steps_per_epoch, batch_size, resolve_workers(train.workers, split), device)
     train_mode()
     try:
         for stage_epoch in range(train.epochs):
             epoch = len(history)
             t_epoch, losses = time.perf_counter(), []
             perm = torch.randperm(len(trainable), generator=order_rng).numpy()
-            for step in range(steps_per_epoch):
-                index = trainable[perm[step * batch_size:(step + 1) * batch_size]]
-                captions = draw_captions(index)
-                transform_seed = int(transform_rng.integers(2**62)) if transforms else None
+            # the epoch's random choices, drawn here from the run's streams (the same whatever workers)
+            rows = [trainable[perm[step * batch_size:(step + 1) * batch_size]]
+                    for step in range(steps_per_epoch)]
+            texts = [draw_captions(index) for index in rows]
+            seeds = [int(transform_rng.integers(2**62)) if transforms else None for _ in rows]
+            for step, loaded in enumerate(batches.epoch(rows, texts, seeds)):
+                index, captions = rows[step], texts[step]
                 if full_batch:
                     # L-BFGS evaluates the closure several times per step: all on the same captions,
                     # or its line search would chase a moving objective
                     def closure():
                         optimizer.zero_grad(set_to_none=True)
-                        value = batch_loss(index, captions, transform_seed)[0]
+                        value = batch_loss(index, captions, loaded)[0]
                         value.backward()
                         return value
                     loss = optimizer.step(closure)
@@ -294,7 +329,7 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                     bar.update(1)
                     continue
                 try:
-                    loss, batch, image_emb, text_emb = batch_loss(index, captions, transform_seed)
+                    loss, batch, image_emb, text_emb = batch_loss(index, captions, loaded)
                 except Diverged as exc:
                     raise Diverged(f"{exc} at {where}epoch {epoch}, step {step}") from None
                 optimizer.zero_grad(set_to_none=True)
@@ -322,6 +357,7 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
             if notify is not None:
                 notify("on_epoch_end", job=job, epoch=epoch, logs=dict(logs))
     finally:
+        batches.close()
         bar.close()
     return loss_fn, sampler
 
