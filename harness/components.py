@@ -343,6 +343,11 @@ class Evaluator:
     def chance(self, context: EvalContext) -> dict[str, float]:
         return {}
 
+    def check_split(self, split: Split) -> None:
+        """Raise ``ValueError`` if this evaluator cannot score ``split`` (e.g. it needs per-image
+        annotations the dataset lacks): ``harness validate`` and ``run`` call it on every split in
+        ``eval_splits`` before anything trains, so the problem is a config error, not a failed run."""
+
 
 @runtime_checkable
 class Estimator(Protocol):

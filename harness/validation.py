@@ -76,6 +76,12 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
         raise error(exc.message, f"dataset.{exc.field or 'name'}") from None
     except Exception as exc:
         raise error(_describe(exc), "dataset") from None
+    for name, evaluator in evaluators.items():
+        for split_name in spec.eval_splits:
+            try:
+                getattr(evaluator, "check_split", lambda _: None)(splits[split_name])
+            except ValueError as exc:
+                raise error(f"{exc} (dataset {spec.dataset.name!r})", f"evaluators[{name}]") from None
     def check_transform(transform: Any, comp: ComponentSpec, field: str) -> Any:
         # transforms work on image batches [B, C, H, W] and need the per-image extras they name
         if len(dataset.info.image_shape) != 3:

@@ -351,3 +351,12 @@ def test_methods_on_tiny_shapes_report_the_probe(tmp_path):
     assert results["cca"].metrics["minimal-pairs/swap_colors"] == 50.0
     assert results["cca"].metrics["minimal-pairs/swap_shapes"] == 50.0
     assert "minimal-pairs/overall" in outcome.table
+
+
+def test_a_dataset_without_scene_annotations_is_a_config_error_before_training(toy_config):
+    from harness.errors import ConfigError
+    from harness.validation import prepare
+    toy_config["evaluators"].append({"name": "minimal-pairs"})
+    with pytest.raises(ConfigError, match="minimal-pairs needs a dataset with scene annotations") as info:
+        prepare(toy_config)
+    assert info.value.field == "evaluators[minimal-pairs]"

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from harness import hookimpl
 from harness.components import EvalContext, Evaluator, TokenFeatures
+from harness.data import Split
 from harness_plugins.datasets.shapes_relevance import CaptionMeaning, caption_relevance, parse_caption
 from harness_plugins.datasets.shapes_scenes import COLORS, SHAPES, SIZES, _noun_phrase
 
@@ -325,6 +326,9 @@ class MinimalPairs(Evaluator):
 
     def metric_names(self) -> list[str]:
         return [*METRICS, *(f"n_{kind}" for kind in METRICS)]
+
+    def check_split(self, split: Split) -> None:
+        check_scene_extras(split.extras, f"split {split.name!r}")
 
     def pairs(self, context: EvalContext) -> list[MinimalPair]:
         split = context.split
