@@ -38,6 +38,7 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
                             if p.default is p.empty and n not in comp.params]
                 if required:
                     component.check_params({**dict.fromkeys(required), **comp.params})  # names only
+                    component.check_types(comp.params)
                     return None
             return component.build(comp.params, context)
         except ConfigError as exc:
