@@ -32,10 +32,12 @@ KINDS: dict[str, str] = {
     "head": "register_heads",
     "transform": "register_transforms",
     "launcher": "register_launchers",
+    "logger": "register_loggers",
 }
 
 #: parameters the runner fills in; users never write them in YAML
-CONTEXT_PARAMS = frozenset({"embed_dim", "dataset_info", "modality", "input_dim"})
+CONTEXT_PARAMS = frozenset({"embed_dim", "dataset_info", "modality", "input_dim",
+                            "result_path"})  # loggers: the run's result file
 
 
 @dataclass(frozen=True)
