@@ -170,8 +170,9 @@ def on_run_start(job):
 
 @hookspec
 def on_step_end(job, step, logs):
-    """Called after every ``STEP_HOOK_EVERY``-th optimizer step (10: steps 0, 10, 20, … counted across
-    epochs and stages) of a gradient-trained run; ``logs`` holds the step's loss, lr and epoch."""
+    """Called after every ``harness.training.STEP_HOOK_EVERY``-th optimizer step (10: steps 0, 10, 20,
+    … counted across epochs and stages) of a gradient-trained run; ``logs`` holds the step's loss, lr
+    and epoch."""
 
 
 @hookspec

@@ -270,7 +270,8 @@ def leaderboard_command(directories: Sequence[str], output: str | None, fmt: str
     else:
         from harness.site import write_site
         try:
-            pages = write_site(board, output, metrics, progress=progress)
+            pages = write_site(board, output, metrics, progress=progress,
+                               warn=lambda message: echo(f"warning: {message}"))
         except OSError as exc:
             raise HarnessError(f"cannot write the site into {output}: {exc.strerror or exc}") from None
         print(pages[0])

@@ -27,6 +27,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.jobs import (Diverged, Job, _build, build_encoder, dataset_record, describe_device, get_dataset, plan,
                           resolve_device, seed_everything, stale_reason)
 from harness.model import DualEncoder, EstimatorModel
+from harness.metric_chart import save_metric_chart
 from harness.plots import plot_results
 from harness.launchers import Task
 from harness.loggers import attached_loggers, isolated_rng
@@ -302,6 +303,7 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
     (bench_dir / "table.md").write_text(table + "\n")
     try:
         plot_results(stored, bench_dir / "plots.png", spec.report.metrics or None)
+        save_metric_chart(stored, bench_dir / "metrics-ci.png", spec.report.metrics or None)
     except Exception as exc:  # a plotting problem must not cost the finished results
         echo(f"warning: could not draw plots: {type(exc).__name__}: {exc}")
     notify("on_benchmark_end", benchmark=spec, results=results)

@@ -15,7 +15,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
 import harness
@@ -35,9 +35,10 @@ class Figure:
 
 
 def write_site(board: Leaderboard, site: str | Path, metrics: Sequence[str] | None = None, *,
-               progress: bool = False) -> list[Path]:
+               progress: bool = False, warn: Callable[[str], None] = lambda message: None) -> list[Path]:
     """Write the site into ``site`` (created; a previous leaderboard there is replaced, any other
-    non-empty folder is refused). Returns the pages written, index first."""
+    non-empty folder is refused). Returns the pages written, index first. ``warn`` hears of runs whose
+    checkpoint could not be drawn."""
     from tqdm.auto import tqdm
 
     site = _prepare(Path(site))
@@ -45,11 +46,11 @@ def write_site(board: Leaderboard, site: str | Path, metrics: Sequence[str] | No
     env = _environment()
     common = {"css": _asset("site.css"), "js": _asset("site.js"), "version": harness.__version__}
     pages, summaries = [], []
-    names = _page_names(list(board.benchmarks()))
     benchmarks = board.benchmarks()
+    names = _page_names(list(benchmarks))
     bar = tqdm(benchmarks.items(), desc="leaderboard", unit="benchmark", disable=not progress)
     for name, entries in bar:
-        view = benchmark_view(name, entries, links, metrics, progress=progress)
+        view = benchmark_view(name, entries, links, metrics, progress=progress, warn=warn)
         page = site / names[name]
         page.write_text(env.get_template("benchmark.html").render(**common, **view), encoding="utf-8")
         pages.append(page)
@@ -121,7 +122,8 @@ def _copy_files(board: Leaderboard, site: Path) -> dict[int, str]:
 
 
 def benchmark_view(name: str, entries: list[Entry], links: dict[int, str],
-                   metrics: Sequence[str] | None = None, *, progress: bool = False) -> dict[str, Any]:
+                   metrics: Sequence[str] | None = None, *, progress: bool = False,
+                   warn: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Everything one benchmark's page shows (plain strings and numbers; the template escapes)."""
     results = [e.result for e in entries]
     by_result = {id(e.result): e for e in entries}
@@ -136,7 +138,7 @@ def benchmark_view(name: str, entries: list[Entry], links: dict[int, str],
         best = (max(means) if higher.get(m, True) else min(means)) if means else None
         best_shown[m] = None if best is None else _fixed(best, decimals[m])
     row_views = [_row_view(i, row, [cells[m][i] for m in metrics], metrics, decimals, best_shown,
-                           [by_result[id(r)] for r in row.runs], links, progress)
+                           [by_result[id(r)] for r in row.runs], links, progress, warn)
                  for i, row in enumerate(rows)]
     return {
         "name": name, "alpha": f"{ALPHA:g}", "rows": row_views, "runs": len(results),
@@ -148,7 +150,7 @@ def benchmark_view(name: str, entries: list[Entry], links: dict[int, str],
 
 def _row_view(index: int, row: MethodRow, cells: list, metrics: list[str], decimals: dict[str, int],
               best_shown: dict[str, str | None], entries: list[Entry], links: dict[int, str],
-              progress: bool) -> dict[str, Any]:
+              progress: bool, warn: Callable[[str], None]) -> dict[str, Any]:
     first = row.runs[0]
     views = []
     for metric, cell in zip(metrics, cells):
@@ -176,7 +178,7 @@ def _row_view(index: int, row: MethodRow, cells: list, metrics: list[str], decim
         "evaluation": json.dumps(evaluation, indent=2, sort_keys=True, default=str),
         "providers": [_provider(p) for p in first.providers or []],
         "runs": [_run_view(e, links) for e in sorted(entries, key=lambda e: e.result.seed)],
-        "figures": _run_figures(entries, progress)}
+        "figures": _run_figures(entries, progress, warn)}
 
 
 def _run_view(entry: Entry, links: dict[int, str]) -> dict[str, Any]:
@@ -248,7 +250,7 @@ def _benchmark_figures(results: list, metrics: list[str]) -> list[Figure]:
     return figures
 
 
-def _run_figures(entries: list[Entry], progress: bool) -> list[Figure]:
+def _run_figures(entries: list[Entry], progress: bool, warn: Callable[[str], None]) -> list[Figure]:
     """The embedding map and retrieval examples of the method's first run that has them: PNGs that
     ``harness plot`` wrote beside the result, else drawn from the run's checkpoint when it has one."""
     from harness.model_plots import MODEL_PLOTS, ModelPlotError, draw_model_plots
@@ -261,7 +263,8 @@ def _run_figures(entries: list[Entry], progress: bool) -> list[Figure]:
         if entry.path.with_suffix(".pt").is_file() and entry.result.status == "ok":
             try:
                 drawn = draw_model_plots(entry.path, progress=progress)
-            except ModelPlotError:
+            except ModelPlotError as exc:
+                warn(f"no model plots on the page: {exc}")
                 continue
             return [Figure(png_data(fig), f"{MODEL_PLOTS[kind]} (seed {entry.result.seed})")
                     for kind, fig in drawn.items()]

@@ -105,6 +105,7 @@ def test_retrieval_examples_list_the_models_top_5_and_mark_the_true_ones(tiny, m
 
 
 def test_metric_chart_shows_the_tables_intervals_and_marks(tiny):
+    assert (tiny / "metrics-ci.png").read_bytes()[:8] == PNG_MAGIC  # harness run wrote it beside the table
     results = load_results(tiny)
     figure = metric_chart(results)
     rows = group_runs(results)
@@ -163,3 +164,20 @@ def test_the_leaderboard_shows_the_model_plots_and_the_metric_chart(tiny, tmp_pa
     assert page.count('alt="Embedding map') == 2 and page.count('alt="Retrieval examples') == 2
     assert 'alt="Report metrics with 95 % confidence intervals."' in page
     assert 'alt="Training loss per method' in page
+
+
+def test_a_checkpoint_that_cannot_be_drawn_is_a_warning_on_the_leaderboard(tiny, tmp_path):
+    import shutil
+    copy = tmp_path / "runs" / "tiny"
+    shutil.copytree(tiny, copy)
+    for png in copy.rglob("*.png"):
+        png.unlink()
+    for seed in (0, 1):
+        (copy / "infonce" / f"seed-{seed}.pt").write_bytes(b"not a checkpoint")
+    out = subprocess.run([*harness_cmd(), "leaderboard", str(tmp_path / "runs"), "-o", str(tmp_path / "site")],
+                         capture_output=True, text=True, env=cli_env(), timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning: no model plots")]
+    assert len(warnings) == 2 and all("cannot rebuild the model" in w for w in warnings)
+    page = (tmp_path / "site" / "tiny.html").read_text()
+    assert page.count('alt="Embedding map') == 1  # matchmap's; infonce's checkpoints are broken
