@@ -1,4 +1,5 @@
-"""``harness`` command line: run, validate, table, plot, list, show, plugins, reproduce, lock.
+"""``harness`` command line: run, validate, table, plot, leaderboard, list, show, plugins, reproduce,
+lock.
 
 User errors (bad files, fields, names, arguments) print one clear line and exit with code 2; a benchmark
 whose runs did not all finish ``ok`` exits with 1.
@@ -56,12 +57,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", metavar="METRIC", help="columns (default: the benchmark's report)")
     p.add_argument("--output", "-o", help="write the table to this file instead of stdout")
 
-    p = sub.add_parser("plot", parents=[common], help="plots (plots.png) from result files")
-    p.add_argument("directory", help="a benchmark's results folder, e.g. results/shapes, written to "
-                                      "<folder>/plots.png (a folder of several benchmarks: one each)")
+    p = sub.add_parser("plot", parents=[common], help="plots from result files and checkpoints")
+    p.add_argument("directory", metavar="RUN_OR_DIR",
+                   help="a benchmark's results folder, e.g. results/shapes: plots.png and metrics-ci.png "
+                        "in it (a folder of several benchmarks: in each), and the model plots of each run "
+                        "that kept a checkpoint; or one run's result file, seed-<n>.json: its embedding "
+                        "map and retrieval examples, from its checkpoint seed-<n>.pt")
     p.add_argument("--metrics", nargs="+", metavar="METRIC",
                    help="metric panels (default: the benchmark's report)")
     p.add_argument("--output", "-o", help="write the figure to this file (.png, .pdf, .svg) instead")
+
+    p = sub.add_parser("leaderboard", parents=[common],
+                       help="merge result folders into one leaderboard: a static site, or Markdown")
+    p.add_argument("directories", nargs="+", metavar="DIR",
+                   help="result folders as written by harness run, from any machines or submitters "
+                        "(NAME=DIR labels one)")
+    p.add_argument("--output", "-o", metavar="SITE",
+                   help="the folder to write the site into (html), or the Markdown file (md; default stdout)")
+    p.add_argument("--format", default="html", choices=["html", "md"],
+                   help="html: index.html and a page per benchmark (default); md: the merged tables")
+    p.add_argument("--metrics", nargs="+", metavar="METRIC", help="columns (default: each benchmark's report)")
 
     p = sub.add_parser("list", parents=[common], help="list registered components")
     p.add_argument("kind", nargs="?", help="encoder, loss, sampler, evaluator, dataset or estimator")
@@ -224,6 +239,18 @@ def _dispatch(args: argparse.Namespace) -> int:
             Path(args.output).write_text(text)
         except OSError as exc:
             raise HarnessError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    if args.command == "leaderboard":
+        from harness.leaderboard import leaderboard_command
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return leaderboard_command(args.directories, args.output, args.format, args.metrics,
+                                       progress=sys.stderr.isatty(),
+                                       echo=lambda message: print(message, file=sys.stderr))
+
+    if args.command == "plot" and Path(args.directory).is_file():
+        from harness.model_plots import write_model_plots
+        for path in write_model_plots(args.directory, progress=sys.stderr.isatty()):
+            print(path)
         return 0
 
     if args.command == "plot":
@@ -237,6 +264,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             if path is None:
                 print(f"warning: {folder}: nothing to plot", file=sys.stderr)
             else:
+                print(path)
+        if args.output is None:  # the plots of trained models, beside their result files
+            from harness.model_plots import write_model_plots_in
+            for path in write_model_plots_in(args.directory, progress=sys.stderr.isatty(),
+                                             warn=lambda m: print(f"warning: {m}", file=sys.stderr)):
                 print(path)
         return 0
 
@@ -282,6 +314,7 @@ def plot_directory(directory: str | Path, output: str | Path | None = None,
     it had nothing to draw)`` per benchmark folder. Unreadable result files are warned about and
     skipped; a folder without results, an unknown metric or an unwritable output raise
     :class:`HarnessError`."""
+    from harness.metric_chart import save_metric_chart
     from harness.plots import plot_results
     from harness.results import load_results
     from harness.tables import check_metrics
@@ -316,6 +349,8 @@ def plot_directory(directory: str | Path, output: str | Path | None = None,
         target = Path(output) if output is not None else folder / "plots.png"
         try:
             written.append((folder, plot_results(results, target, chosen)))
+            if output is None:  # the report metrics with their confidence intervals
+                written.append((folder, save_metric_chart(results, folder / "metrics-ci.png", chosen)))
         except OSError as exc:
             raise HarnessError(f"cannot write {target}: {exc.strerror or exc}") from None
         except ValueError as exc:  # matplotlib: an output format it cannot write (".docx")

@@ -36,9 +36,15 @@ def _read_yaml(path: str | Path) -> tuple[dict[str, Any], str]:
     """The benchmark file's data and its text (which :class:`Origins` reads line numbers from)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read benchmark file: {exc.strerror or exc}", file=str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # binary garbage, or a file saved in another encoding
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}, line {line}); save it as UTF-8 YAML", file=str(path)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -155,6 +155,21 @@ def register_launchers(register):
     """
 
 
+@hookspec
+def register_loggers(register):
+    """Register experiment loggers: ``register(name, factory)``.
+
+    A benchmark turns loggers on with ``loggers: [{name: tensorboard, dir: tb}, {name: csv}]``. For
+    each run, the runner builds every listed logger with its parameters and the context parameter
+    ``result_path`` (the run's result file, for output beside it) and registers the object as a plugin
+    for that run only: it implements lifecycle hooks below (``on_run_start``, ``on_step_end``,
+    ``on_epoch_end``, ``on_run_end``) as ``@hookimpl`` methods, and ``close()`` if it holds files. The
+    factory must not touch the disk (``harness validate`` builds it too). A logger only observes: it gets
+    copies, random number generators are restored after it, and one that raises is reported once and
+    the run goes on, with the same result.
+    """
+
+
 # --- lifecycle hooks ----------------------------------------------------------------------------------
 
 
@@ -166,6 +181,13 @@ def on_benchmark_start(benchmark, jobs):
 @hookspec
 def on_run_start(job):
     """Called before one (method, seed) run trains; ``job`` is its resolved, serializable description."""
+
+
+@hookspec
+def on_step_end(job, step, logs):
+    """Called after every ``harness.training.STEP_HOOK_EVERY``-th optimizer step (10: steps 0, 10, 20,
+    … counted across epochs and stages) of a gradient-trained run; ``logs`` holds the step's loss, lr
+    and epoch."""
 
 
 @hookspec

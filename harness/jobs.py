@@ -38,6 +38,7 @@ class Job(BaseModel):
     eval_splits: list[str] = ["test"]
     providers: list[Provider] | None = None  # the plugin behind each component (see Registry.provider)
     sweep: SweepPoint | None = None
+    loggers: list[dict[str, Any]] = []  # observers of the run (not part of its configuration)
 
     @property
     def name(self) -> str:
@@ -72,7 +73,8 @@ def plan(spec: BenchmarkSpec, registry: Registry | None = None) -> list[Job]:
                             seed=seed, dataset=dataset, evaluators=evaluators,
                             report_metrics=spec.report.metrics, plugins=spec.plugins,
                             eval_splits=spec.eval_splits, providers=providers,
-                            sweep=SweepPoint(**sweep) if sweep else None))
+                            sweep=SweepPoint(**sweep) if sweep else None,
+                            loggers=[comp.model_dump() for comp in spec.loggers]))
     return jobs
 
 

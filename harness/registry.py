@@ -33,10 +33,12 @@ KINDS: dict[str, str] = {
     "transform": "register_transforms",
     "fusion": "register_fusions",
     "launcher": "register_launchers",
+    "logger": "register_loggers",
 }
 
 #: parameters the runner fills in; users never write them in YAML
-CONTEXT_PARAMS = frozenset({"embed_dim", "dataset_info", "modality", "input_dim", "x_dim", "y_dim"})
+CONTEXT_PARAMS = frozenset({"embed_dim", "dataset_info", "modality", "input_dim", "x_dim", "y_dim",
+                            "result_path"})  # loggers: the run's result file
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,15 @@ class Component:
             raise UnknownComponentError(
                 f"{self.kind} {self.name!r} needs parameter(s) {', '.join(missing)}", field=missing[0])
 
+    def check_types(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` validated against the factory's annotations (:mod:`harness.param_types`): the
+        values to build with; a value of the wrong type raises a :class:`ConfigError` naming it."""
+        from harness.param_types import check_param_types
+        return check_param_types(self.factory, params)
+
     def build(self, params: dict[str, Any], context: dict[str, Any] | None = None) -> Any:
         self.check_params(params)
+        params = self.check_types(params)
         accepted = _signature(self.factory).parameters
         extra = {k: v for k, v in (context or {}).items() if k in accepted and k not in params}
         return self.factory(**params, **extra)

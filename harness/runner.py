@@ -7,6 +7,7 @@ same job list can later run one per GPU or on a cluster with the table built fro
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import sys
@@ -28,8 +29,10 @@ from harness.environment import capture_environment, with_imported
 from harness.jobs import (Diverged, Job, _build, build_encoder, dataset_record, describe_device, get_dataset, plan,
                           resolve_device, run_settings, seed_everything, stale_reason)
 from harness.model import DualEncoder, EstimatorModel
+from harness.metric_chart import save_metric_chart
 from harness.plots import plot_results
 from harness.launchers import Task
+from harness.loggers import attached_loggers, isolated_rng
 from harness.registry import Registry, default_registry
 from harness.results import RunResult, provenance, read_result, result_path, to_jsonable, write_result
 from harness.tables import build_table
@@ -172,30 +175,40 @@ def _finite_or_none(value: Any) -> float | None:
 # --- the benchmark ----------------------------------------------------------------------------------
 
 def notifier(registry: Registry, echo: Callable[[str], None]) -> Callable[..., None]:
-    """Call a lifecycle hook on every plugin, isolating each: a failing logger is reported, not fatal."""
+    """Call a lifecycle hook on every plugin, isolating each: it gets copies of the arguments, its
+    random draws are undone (:func:`isolated_rng`), and if it raises it is reported (once per plugin
+    and hook) and the benchmark goes on: an observer never changes a result."""
+    reported: set[tuple[str, str]] = set()
 
     def notify(hook_name: str, **kwargs: Any) -> None:
         for impl in getattr(registry.pm.hook, hook_name).get_hookimpls():
             try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
+                with isolated_rng():
+                    impl.function(**{k: copy.deepcopy(kwargs[k]) for k in impl.argnames})
             except Exception as exc:
+                if (impl.plugin_name, hook_name) in reported:
+                    continue
+                reported.add((impl.plugin_name, hook_name))
                 echo(f"warning: plugin {impl.plugin_name!r} raised in {hook_name}: "
-                     f"{type(exc).__name__}: {exc}")
+                     f"{type(exc).__name__}: {exc} (its later errors in {hook_name} are not shown)")
 
     return notify
 
 
 def run_task_here(task: Task, registry: Registry | None = None,
-                  notify: Callable[..., None] | None = None) -> RunResult:
+                  notify: Callable[..., None] | None = None,
+                  echo: Callable[[str], None] | None = None) -> RunResult:
     """Run one task in this process and write its result file: what the inline launcher does for every
     job, and what a launcher's worker process does for its own."""
     registry = registry or default_registry()
-    notify = notify or notifier(registry, lambda msg: print(msg, file=sys.stderr))
-    notify("on_run_start", job=task.job)
-    result = execute(task.job, registry, progress=task.progress, notify=notify,
-                     checkpoint_path=task.path.with_suffix(".pt"))
-    write_result(task.path, result)
-    notify("on_run_end", job=task.job, result=result)
+    echo = echo or (lambda msg: print(msg, file=sys.stderr))
+    notify = notify or notifier(registry, echo)
+    with attached_loggers(task.job, task.path, registry, echo):
+        notify("on_run_start", job=task.job)
+        result = execute(task.job, registry, progress=task.progress, notify=notify,
+                         checkpoint_path=task.path.with_suffix(".pt"))
+        write_result(task.path, result)
+        notify("on_run_end", job=task.job, result=result)
     return result
 
 
@@ -283,7 +296,7 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
     for i in sorted(done):
         echo(f"[{i + 1}/{len(jobs)}] {jobs[i].name} seed={jobs[i].seed}: already done, skipping "
              f"(--overwrite to redo)")
-    for task, result in chosen.launch(tasks, lambda task: run_task_here(task, registry, notify)):
+    for task, result in chosen.launch(tasks, lambda task: run_task_here(task, registry, notify, echo)):
         summary = result.status if result.status == "ok" else f"{result.status}: {result.error}"
         echo(f"[{task.index + 1}/{len(jobs)}] {task.job.name} seed={task.job.seed}: {summary} "
              f"({result.provenance.duration_s:.1f}s)")
@@ -298,6 +311,7 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
     (bench_dir / "table.md").write_text(table + "\n")
     try:
         plot_results(stored, bench_dir / "plots.png", spec.report.metrics or None)
+        save_metric_chart(stored, bench_dir / "metrics-ci.png", spec.report.metrics or None)
     except Exception as exc:  # a plotting problem must not cost the finished results
         echo(f"warning: could not draw plots: {type(exc).__name__}: {exc}")
     notify("on_benchmark_end", benchmark=spec, results=results)

@@ -183,6 +183,8 @@ class BenchmarkSpec(BaseModel):
     eval_splits: list[Literal["val", "test", "train"]] = Field(default_factory=lambda: ["test"], min_length=1)
     # where the jobs run (an execution setting: never part of a result's configuration)
     launcher: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="inline"))
+    # experiment loggers that observe every run (an execution setting: never part of a configuration)
+    loggers: list[ComponentSpec] = []
     # variant name -> {"base": name as written, "values": {swept key path: value}}; filled by resolve
     sweeps: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
     # `defaults` as written (already merged into the methods); filled by resolve
@@ -201,7 +203,7 @@ class BenchmarkSpec(BaseModel):
             raise ValueError(f"seeds must be unique, got {seeds}")
         return seeds
 
-    @field_validator("methods", "evaluators")
+    @field_validator("methods", "evaluators", "loggers")
     @classmethod
     def _unique_names(cls, items: list[Any]) -> list[Any]:
         names = [item.name for item in items]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import math
 import os
 import sys
@@ -47,6 +48,8 @@ def masks_false_negatives(loss: torch.nn.Module, sampler: Sampler,
                              "so the dataset's relevance would no longer say which caption is true of which "
                              "image; drop the transform or the masking")
     return True
+#: ``on_step_end`` is called on every this-many-th optimizer step, so observers cost the loop little
+STEP_HOOK_EVERY = 10
 
 
 def _loss_extras(loss: torch.nn.Module) -> list[str]:
@@ -181,6 +184,7 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
     spec = job.spec
     stages = spec.stage_list()
     history: list[dict[str, Any]] = []
+    on_step = _step_notifier(job, notify)
     states: dict[str, dict[str, Any]] = {}
     for k, stage in enumerate(stages):
         train = spec.stage_train(stage)
@@ -189,7 +193,7 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
             loss_fn, sampler = _train_stage(
                 job, k, stage, train, model, split, dataset, registry, context, device, history,
                 frozen=frozen, named=spec.stages is not None, progress=progress, notify=notify,
-                epoch_metrics=epoch_metrics, last_stage=k == len(stages) - 1)
+                epoch_metrics=epoch_metrics, last_stage=k == len(stages) - 1, on_step=on_step)
         finally:
             for module, flags in frozen:  # later stages may train what this one kept fixed
                 for param, flag in zip(module.parameters(), flags):
@@ -203,6 +207,19 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
             state = {"model": model.state_dict(), "stages": states, "history": history}
         save_checkpoint(checkpoint_path, state)
     return history
+
+
+def _step_notifier(job: Job, notify: Callable[..., None] | None) -> Callable[[float, float, int], None]:
+    """``on_step(loss, lr, epoch)`` after each optimizer step: counts steps across epochs and stages
+    and calls the ``on_step_end`` hook on every :data:`STEP_HOOK_EVERY`-th (0, 10, 20, …)."""
+    steps = itertools.count()
+
+    def on_step(loss: float, lr: float, epoch: int) -> None:
+        step = next(steps)
+        if notify is not None and step % STEP_HOOK_EVERY == 0:
+            notify("on_step_end", job=job, step=step, logs={"loss": loss, "lr": lr, "epoch": epoch})
+
+    return on_step
 
 
 def freeze(model: torch.nn.Module, prefixes: list[str]) -> list[tuple[torch.nn.Module, list[bool]]]:
@@ -226,7 +243,8 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                  history: list[dict[str, Any]], *, frozen: list, named: bool, progress: bool,
                  notify: Callable[..., None] | None,
                  epoch_metrics: Callable[[int, bool], dict[str, Any]] | None,
-                 last_stage: bool) -> tuple[torch.nn.Module, Sampler]:
+                 last_stage: bool, on_step: Callable[[float, float, int], None] = lambda *_: None
+                 ) -> tuple[torch.nn.Module, Sampler]:
     """One stage: its loss and sampler, optimizer and schedule, ``train.epochs`` epochs appended to
     ``history``. The first stage draws batches from the job's seed exactly as a single-loss run does."""
     loss_fn = _build(registry, "loss", stage.loss, context).to(device)
@@ -327,6 +345,7 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                     scheduler.step()
                     losses.append(float(loss.detach()))
                     bar.update(1)
+                    on_step(losses[-1], optimizer.param_groups[0]["lr"], epoch)
                     continue
                 try:
                     loss, batch, image_emb, text_emb = batch_loss(index, captions, loaded)
@@ -341,6 +360,7 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                 sampler.after_step(model, batch, image_emb.detach(), text_emb.detach())
                 losses.append(loss.item())
                 bar.update(1)
+                on_step(losses[-1], optimizer.param_groups[0]["lr"], epoch)
                 if step % 10 == 0:
                     bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
             logs = {"epoch": epoch, "loss": float(np.mean(losses)),

@@ -38,6 +38,7 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
                             if p.default is p.empty and n not in comp.params]
                 if required:
                     component.check_params({**dict.fromkeys(required), **comp.params})  # names only
+                    component.check_types(comp.params)
                     return None
             return component.build(comp.params, context)
         except ConfigError as exc:
@@ -65,6 +66,11 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
 
     evaluators = {comp.name: build("evaluator", comp, f"evaluators[{comp.name}]") for comp in spec.evaluators}
     check_report_metrics(spec, evaluators, file)
+    # a logger's factory only stores its settings (files are opened when a run starts): build each one
+    # on a stand-in result path, so names, parameters and missing packages are reported now
+    example = Path(spec.name, "method", "seed-0.json")
+    for comp in spec.loggers:
+        build("logger", comp, f"loggers[{comp.name}]", {"result_path": example})
     try:
         registry.get("dataset", spec.dataset.name)  # unknown name: "did you mean" before building
     except ConfigError as exc:

@@ -316,6 +316,11 @@ def on_run_start(job):
 
 
 @hookimpl
+def on_step_end(job, step, logs):
+    EVENTS.append(("step_end", job.name, step, logs["loss"], logs["epoch"]))
+
+
+@hookimpl
 def on_epoch_end(job, epoch, logs):
     EVENTS.append(("epoch_end", job.name, epoch, logs["loss"]))
 

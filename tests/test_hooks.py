@@ -130,6 +130,21 @@ def test_hook_on_epoch_end(tmp_path, toy_config):
     assert [e for e in toy.EVENTS if e[0] == "sampler_step"][-1] == ("sampler_step", 8)
 
 
+def test_hook_on_step_end(tmp_path, toy_config):
+    toy_config["defaults"]["train"]["epochs"] = 6  # 4 steps per epoch: 24 steps, 0 … 23
+    _run_toy(tmp_path, toy_config)
+    steps = [e for e in toy.EVENTS if e[0] == "step_end" and e[1] == "infonce"]
+    assert [e[2] for e in steps] == [0, 10, 20]  # every STEP_HOOK_EVERY-th step, across epochs
+    assert [e[4] for e in steps] == [0, 2, 5]  # the epoch each step was in
+    assert all(isinstance(e[3], float) for e in steps)
+
+
+def test_hook_register_loggers():
+    registry = Registry()
+    assert {"tensorboard", "csv", "mlflow"} <= set(registry.available("logger")["logger"])
+    assert registry.get("logger", "csv").plugin == "loggers"
+
+
 def test_hook_on_run_end(tmp_path, toy_config):
     _run_toy(tmp_path, toy_config)
     assert [e for e in toy.EVENTS if e[0] == "run_end"] == [("run_end", "infonce", "ok"),

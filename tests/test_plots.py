@@ -215,12 +215,14 @@ def test_cli_plot_benchmark_folder_and_folder_of_benchmarks(tmp_path, capsys):
     _write(tmp_path, [_result("alpha", 0, _all(1.0), benchmark="other")])
     assert main(["plot", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "plots.png").read_bytes()[:8] == PNG_MAGIC
-    assert capsys.readouterr().out.strip() == str(tmp_path / "b" / "plots.png")
+    assert capsys.readouterr().out.split() == [str(tmp_path / "b" / "plots.png"),
+                                               str(tmp_path / "b" / "metrics-ci.png")]
+    assert (tmp_path / "b" / "metrics-ci.png").read_bytes()[:8] == PNG_MAGIC
 
     (tmp_path / "b" / "plots.png").unlink()
     assert main(["plot", str(tmp_path), "--metrics", "r/rsum"]) == 0
     out = capsys.readouterr().out.split()
-    assert out == [str(tmp_path / "b" / "plots.png"), str(tmp_path / "other" / "plots.png")]
+    assert out == [str(tmp_path / d / f) for d in ("b", "other") for f in ("plots.png", "metrics-ci.png")]
     assert all((tmp_path / d / "plots.png").read_bytes()[:8] == PNG_MAGIC for d in ("b", "other"))
 
     target = tmp_path / "custom.svg"

@@ -21,7 +21,7 @@ def test_create_builds_a_registered_component_with_params():
 def test_available_lists_every_kind_and_bundled_names():
     everything = harness.available()
     assert set(everything) == {"encoder", "loss", "sampler", "evaluator", "dataset", "estimator", "head",
-                               "launcher", "transform", "fusion"}
+                               "launcher", "transform", "fusion", "logger"}
     assert "infonce" in everything["loss"]
     assert "retrieval" in everything["evaluator"]
     assert harness.available("encoder") == {"encoder": everything["encoder"]}
