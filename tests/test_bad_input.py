@@ -152,16 +152,16 @@ def test_an_unresolvable_annotation_is_not_checked():
 
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_an_unknown_dataset_names_the_file_and_dataset_name(tmp_path, command):
-    path = _write(tmp_path, BENCH.replace("name: toy, size: 32", "name: karpathy"))
+    path = _write(tmp_path, BENCH.replace("name: toy, size: 32", "name: laion-400m"))
     out = _cli(command, path, *(["--out", tmp_path / "runs"] if command == "run" else []))
     assert out.returncode == 2
     [line] = out.stderr.splitlines()
-    assert line.startswith(f"harness: error: {path}: dataset.name (line 2): unknown dataset 'karpathy'")
+    assert line.startswith(f"harness: error: {path}: dataset.name (line 2): unknown dataset 'laion-400m'")
 
 
 def test_an_unknown_dataset_in_a_dict_config_names_dataset_name(tmp_path, toy_config):
-    toy_config["dataset"] = {"name": "karpathy"}
+    toy_config["dataset"] = {"name": "laion-400m"}
     with pytest.raises(ConfigError) as info:
         harness.run(toy_config, out_dir=tmp_path)
     assert info.value.field == "dataset.name"
-    assert str(info.value).startswith("dataset.name: unknown dataset 'karpathy'")
+    assert str(info.value).startswith("dataset.name: unknown dataset 'laion-400m'")
