@@ -239,6 +239,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             Path(args.output).write_text(text)
         except OSError as exc:
             raise HarnessError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+        return 0
+
     if args.command == "leaderboard":
         from harness.leaderboard import leaderboard_command
         with warnings.catch_warnings():

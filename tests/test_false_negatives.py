@@ -412,6 +412,6 @@ def test_the_matching_loss_leaves_relevant_in_batch_captions_out_of_its_negative
 def test_a_quoted_flag_is_a_config_error_not_a_silent_yes(where):
     method = {"loss": {"name": "infonce"}, "sampler": {"name": "in-batch"}}
     method[where]["mask_false_negatives"] = "no"
-    with pytest.raises(ConfigError, match="mask_false_negatives must be true or false, got 'no'") as info:
+    with pytest.raises(ConfigError, match="mask_false_negatives: expected true or false, got 'no'") as info:
         prepare(tiny(method))
     assert info.value.field.startswith(f"methods[m].{where}")

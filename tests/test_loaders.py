@@ -81,7 +81,7 @@ def test_karpathy_errors_name_the_field_and_the_file(tmp_path):
     assert err.field == "images" and "1 of 1 images named in" in err.message
     err = error_of("karpathy", annotations=str(ann), images=str(tmp_path / "elsewhere"))
     assert err.field == "images" and "folder not found" in err.message
-    with pytest.raises(ConfigError, match="Input should be a valid integer") as info:
+    with pytest.raises(ConfigError, match="expected an integer, got 'big'") as info:
         create("karpathy", annotations=str(ann), images=images, image_size="big")
     assert info.value.field == "image_size"
 

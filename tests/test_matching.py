@@ -89,7 +89,7 @@ def test_head_builds_its_fusion_on_the_encoders_sizes_with_clear_errors():
     assert info.value.field == "fusion.x_dim" and "filled in from the encoders" in str(info.value)
     with pytest.raises(ValueError, match="fusion 'sum': dim must be a positive integer"):
         harness.create("head", "matcher", fusion={"name": "sum", "dim": -1}, x_dim=3, y_dim=3)
-    with pytest.raises(ValueError, match="fusion must be a registered fusion's name"):
+    with pytest.raises(ConfigError, match="fusion: expected a mapping or a string, got \\[1\\]"):
         harness.create("head", "matcher", fusion=[1], x_dim=3, y_dim=3)
     with pytest.raises(ValueError, match="norm must be 'layer' or 'none'"):
         harness.create("head", "matcher", norm="batch", x_dim=3, y_dim=3)
