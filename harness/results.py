@@ -102,7 +102,7 @@ class RunResult(BaseModel):
 
 
 #: train settings that change how a run executes, not what it computes
-EXECUTION_ONLY = frozenset({"threads", "checkpoint", "eval_batch_size"})
+EXECUTION_ONLY = frozenset({"threads", "checkpoint", "checkpoint_every", "eval_batch_size"})
 
 
 def comparable_method(method: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ same job list can later run one per GPU or on a cluster with the table built fro
 from __future__ import annotations
 
 import functools
+import json
 import math
 import sys
 import time
@@ -31,7 +32,7 @@ from harness.launchers import Task
 from harness.registry import Registry, default_registry
 from harness.results import RunResult, provenance, read_result, result_path, to_jsonable, write_result
 from harness.tables import build_table
-from harness.training import train_gradient
+from harness.training import Resume, train_gradient
 from harness.validation import prepare
 
 
@@ -88,7 +89,9 @@ def evaluate(job: Job, registry: Registry, model: Any, dataset: Any, split_name:
 def execute(job: Job, registry: Registry, *, progress: bool = True,
             notify: Callable[..., None] | None = None,
             checkpoint_path: str | Path | None = None) -> RunResult:
-    """Train and evaluate one job; never raises for errors in method code (the result says so)."""
+    """Train and evaluate one job; never raises for errors in method code (the result says so).
+    ``checkpoint_path`` (``seed-<n>.pt``) is where the final checkpoint goes with ``train.checkpoint``;
+    mid-run checkpoints (``train.checkpoint_every``) go beside it as ``seed-<n>.resume.pt``."""
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     spec = job.spec
     status, error, trace, scores, history = "ok", None, None, Scores(), []
@@ -125,9 +128,13 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
                     return {}
                 return evaluate(job, registry, model, dataset, "val", device).metrics
 
+            resume = None if checkpoint_path is None else Resume(
+                resume_path(checkpoint_path), json.dumps([job.configuration(record), job.seed], default=str),
+                spec.train.checkpoint_every)
             history = train_gradient(job, model, train, dataset, registry, context, device,
                                      progress=progress, notify=notify, epoch_metrics=validate_epoch,
-                                     checkpoint_path=checkpoint_path if spec.train.checkpoint else None)
+                                     checkpoint_path=checkpoint_path if spec.train.checkpoint else None,
+                                     resume=resume)
         else:
             estimator = _build(registry, "estimator", spec.estimator, context)
             model = EstimatorModel(encoders, estimator).fit(train.images, train.texts,
@@ -154,6 +161,11 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         providers=job.providers, sweep=job.sweep,
         provenance=provenance(started, finished, time.perf_counter() - t0,
                               describe_device(device) if device is not None else None))
+
+
+def resume_path(checkpoint_path: str | Path) -> Path:
+    """``seed-<n>.pt`` → ``seed-<n>.resume.pt``: where a job's mid-run checkpoints go."""
+    return Path(checkpoint_path).with_suffix(".resume.pt")
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -184,9 +196,11 @@ def run_task_here(task: Task, registry: Registry | None = None,
     registry = registry or default_registry()
     notify = notify or notifier(registry, lambda msg: print(msg, file=sys.stderr))
     notify("on_run_start", job=task.job)
-    result = execute(task.job, registry, progress=task.progress, notify=notify,
-                     checkpoint_path=task.path.with_suffix(".pt"))
+    checkpoint = task.path.with_suffix(".pt")
+    result = execute(task.job, registry, progress=task.progress, notify=notify, checkpoint_path=checkpoint)
     write_result(task.path, result)
+    if result.status == "ok":  # finished: a later run skips it, so its mid-run checkpoint is spent
+        resume_path(checkpoint).unlink(missing_ok=True)
     notify("on_run_end", job=task.job, result=result)
     return result
 

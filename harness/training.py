@@ -5,8 +5,10 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,6 +19,8 @@ from tqdm.auto import tqdm
 from harness.components import FalseNegatives, Sampler, apply_transforms, transform_extras
 from harness.config import StageSpec, TrainSpec
 from harness.data import Dataset, PairRelevance, Split
+from harness.distributed import (all_gather, average_gradients, broadcast_state, is_distributed, mean_over_ranks,
+                                 rank, shard, world_size)
 from harness.errors import HarnessError
 from harness.jobs import Diverged, Job, _build
 from harness.model import DualEncoder, take, to_device
@@ -93,15 +97,20 @@ def float_images(raw: Any) -> torch.Tensor:
 
 def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np.ndarray,
                extras_wanted: list[str], class_names: list[str], device: torch.device,
-               transforms: Sequence[torch.nn.Module] = (), transform_seed: int | None = None
-               ) -> tuple[dict[str, Any], dict[str, Any]]:
+               transforms: Sequence[torch.nn.Module] = (), transform_seed: int | None = None,
+               rows: slice | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The prepared inputs of images ``index`` paired with texts ``captions``, and the loss's extras.
 
     ``transforms`` (training only) run on the raw images as floats in [0, 1] before ``prepare`` (which
     then gets them back in the dataset's own dtype, uint8 for ``shapes``, as at evaluation), with
     torch's global generator seeded from ``transform_seed`` inside :func:`torch.random.fork_rng`, so
     they neither depend on nor shift the model's random stream; extras they move (gaze maps, boxes,
-    captions) are what the loss then sees."""
+    captions) are what the loss then sees.
+
+    ``rows`` (DDP) keeps this rank's rows of the global batch ``index``; transforms still draw for the
+    whole batch first, so every image is transformed as in a single process."""
+    if rows is not None and not transforms:
+        index, captions = index[rows], captions[rows]
     images, texts = take(split.images, index), split.take_texts(captions)
     moved: dict[str, Any] = {}
     if transforms:
@@ -118,6 +127,9 @@ def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np
         if raw_dtype in (torch.uint8, np.uint8):  # prepare sees what evaluation feeds it: the raw dtype
             images = images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
         texts = moved.pop("captions", texts)
+        if rows is not None:
+            images, texts, index = images[rows], texts[rows], index[rows]
+            moved = {name: value[rows] for name, value in moved.items()}
     batch = {"images": to_device(model.image_encoder.prepare(images), device),
              "texts": to_device(model.text_encoder.prepare(texts), device)}
     extras = {}
@@ -138,28 +150,67 @@ def make_batch(model: DualEncoder, split: Split, index: np.ndarray, captions: np
     return batch, extras
 
 
+@dataclass
+class Resume:
+    """Mid-run checkpoints of one job: every ``every`` epochs (0: never) the whole training state is
+    written atomically to ``path``; a later run of the same job (``key``: its configuration and seed)
+    continues from the last one instead of starting over. A file of another configuration is ignored."""
+
+    path: Path
+    key: str
+    every: int = 0
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = load_checkpoint(self.path)
+        except Exception as exc:  # unreadable (another torch, a foreign file): start over
+            print(f"warning: ignoring unreadable checkpoint {self.path}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return None
+        return state if state.get("key") == self.key else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        save_checkpoint(self.path, {"key": self.key, **state})
+
+
 def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset, registry: Registry,
                    context: dict[str, Any], device: torch.device, *, progress: bool = True,
                    notify: Callable[..., None] | None = None,
                    epoch_metrics: Callable[[int, bool], dict[str, Any]] | None = None,
-                   checkpoint_path: str | Path | None = None) -> list[dict[str, Any]]:
+                   checkpoint_path: str | Path | None = None, resume: Resume | None = None
+                   ) -> list[dict[str, Any]]:
     """Train ``model`` with the job's loss (and sampler), or stage by stage with each stage's loss,
     settings and frozen parts, and return the per-epoch history (epochs numbered across stages; each
     entry names its stage when the method has stages). After each epoch, ``epoch_metrics(epoch,
     last)`` (validation scores, say) is added to that epoch's entry. The last stage whose loss defines
-    ``pair_scores`` gives the method its pair score."""
+    ``pair_scores`` gives the method its pair score. With ``resume``, training continues from its last
+    checkpoint and writes new ones. Under DDP every rank calls this with the same job."""
     spec = job.spec
     stages = spec.stage_list()
-    history: list[dict[str, Any]] = []
-    states: dict[str, dict[str, Any]] = {}
+    start = resume.load() if resume is not None else None
+    history: list[dict[str, Any]] = list(start["history"]) if start else []
+    states: dict[str, dict[str, Any]] = dict(start["finished"]) if start else {}
+    if start:
+        model.load_state_dict(start["model"])
+        if rank() == 0:
+            print(f"{job.name} seed={job.seed}: resuming from {resume.path.name} after epoch "
+                  f"{len(history)}", file=sys.stderr)
+    if is_distributed():
+        _join_ranks(model, device, job.seed)
     for k, stage in enumerate(stages):
+        if start and k < start["stage"]:  # finished before the checkpoint: only its pair score matters
+            _restore_pair_score(model, registry, stage, context, states[stage.name]["loss"])
+            continue
         train = spec.stage_train(stage)
         frozen = freeze(model, stage.freeze)
         try:
             loss_fn, sampler = _train_stage(
                 job, k, stage, train, model, split, dataset, registry, context, device, history,
                 frozen=frozen, named=spec.stages is not None, progress=progress, notify=notify,
-                epoch_metrics=epoch_metrics, last_stage=k == len(stages) - 1)
+                epoch_metrics=epoch_metrics, last_stage=k == len(stages) - 1, resume=resume,
+                finished=states, start=start if start and k == start["stage"] else None)
         finally:
             for module, flags in frozen:  # later stages may train what this one kept fixed
                 for param, flag in zip(module.parameters(), flags):
@@ -173,6 +224,25 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
             state = {"model": model.state_dict(), "stages": states, "history": history}
         save_checkpoint(checkpoint_path, state)
     return history
+
+
+def _join_ranks(model: DualEncoder, device: torch.device, seed: int) -> None:
+    """DDP: every rank starts from rank 0's weights (batch norm synchronised across ranks on CUDA), and
+    ranks other than 0 draw dropout from streams of their own (rank 0 keeps the single-process one)."""
+    if device.type == "cuda":
+        for name, child in list(model.named_children()):
+            setattr(model, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    broadcast_state(model)
+    if rank() > 0:
+        torch.manual_seed(int(np.random.default_rng([seed, rank()]).integers(2**62)))
+
+
+def _restore_pair_score(model: DualEncoder, registry: Registry, stage: StageSpec, context: dict[str, Any],
+                        loss_state: dict[str, Any]) -> None:
+    loss_fn = _build(registry, "loss", stage.loss, context).to(model.device)
+    loss_fn.load_state_dict(loss_state)
+    if hasattr(loss_fn, "pair_scores"):
+        model.scorer = loss_fn.pair_scores
 
 
 def freeze(model: torch.nn.Module, prefixes: list[str]) -> list[tuple[torch.nn.Module, list[bool]]]:
@@ -196,9 +266,13 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                  history: list[dict[str, Any]], *, frozen: list, named: bool, progress: bool,
                  notify: Callable[..., None] | None,
                  epoch_metrics: Callable[[int, bool], dict[str, Any]] | None,
-                 last_stage: bool) -> tuple[torch.nn.Module, Sampler]:
+                 last_stage: bool, resume: Resume | None = None,
+                 finished: dict[str, dict[str, Any]] | None = None,
+                 start: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Sampler]:
     """One stage: its loss and sampler, optimizer and schedule, ``train.epochs`` epochs appended to
-    ``history``. The first stage draws batches from the job's seed exactly as a single-loss run does."""
+    ``history``. The first stage draws batches from the job's seed exactly as a single-loss run does.
+    ``start`` (a mid-run checkpoint of this stage) restores its state and skips the epochs it had done;
+    ``resume`` writes new checkpoints, with the states of the ``finished`` stages."""
     loss_fn = _build(registry, "loss", stage.loss, context).to(device)
     sampler = _build(registry, "sampler", stage.sampler, context) if stage.sampler else Sampler()
     sampler.check_loss(loss_fn)
@@ -237,6 +311,15 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
     # changes neither the batches nor the captions drawn
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                               enabled=train.precision == "bf16")
+    rows = shard(batch_size) if is_distributed() else None  # DDP: this rank's rows of each global batch
+    streams = {"order": order_rng, "caption": caption_rng, "transform": transform_rng}
+    first_epoch = 0
+    if start is not None:
+        first_epoch = start["stage_epoch"]
+        for part, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("loss", loss_fn),
+                          ("sampler", sampler)):
+            obj.load_state_dict(start[part])
+        set_rng_state(start["rng"], streams)
 
     def draw_captions(index: np.ndarray) -> np.ndarray:
         # one random caption of each image per step: every caption is seen across epochs
@@ -245,7 +328,9 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
     def batch_loss(index: np.ndarray, captions: np.ndarray, transform_seed: int | None
                    ) -> tuple[torch.Tensor, dict, Any, Any]:
         batch, extras = make_batch(model, split, index, captions, extras_wanted, class_names, device,
-                                   transforms, transform_seed)
+                                   transforms, transform_seed, rows)
+        if rows is not None:
+            index, captions = index[rows], captions[rows]
         if relevance is not None:
             extras["false_negatives"] = FalseNegatives(torch.as_tensor(index, device=device),
                                                        torch.as_tensor(captions, device=device), relevance)
@@ -262,12 +347,12 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
             module.eval()
 
     where = f"stage {stage.name}, " if named else ""
-    bar = tqdm(total=train.epochs * steps_per_epoch, desc=f"{job.name} seed={job.seed}"
+    bar = tqdm(total=(train.epochs - first_epoch) * steps_per_epoch, desc=f"{job.name} seed={job.seed}"
                + (f" {stage.name}" if named else ""), unit="step", leave=False, disable=not progress,
                file=sys.stderr)
     train_mode()
     try:
-        for stage_epoch in range(train.epochs):
+        for stage_epoch in range(first_epoch, train.epochs):
             epoch = len(history)
             t_epoch, losses = time.perf_counter(), []
             perm = torch.randperm(len(trainable), generator=order_rng).numpy()
@@ -282,7 +367,9 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                         optimizer.zero_grad(set_to_none=True)
                         value = batch_loss(index, captions, transform_seed)[0]
                         value.backward()
-                        return value
+                        average_gradients(params)
+                        # every rank must take the same line-search decisions
+                        return torch.tensor(mean_over_ranks(value.item()))
                     loss = optimizer.step(closure)
                     scheduler.step()
                     losses.append(float(loss.detach()))
@@ -294,6 +381,7 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                     raise Diverged(f"{exc} at {where}epoch {epoch}, step {step}") from None
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                average_gradients(params)
                 if train.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
                 optimizer.step()
@@ -303,7 +391,9 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                 bar.update(1)
                 if step % 10 == 0:
                     bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-            logs = {"epoch": epoch, "loss": float(np.mean(losses)),
+            if is_distributed():  # statistics as rank 0's, for evaluation and checkpoints
+                broadcast_state(model)
+            logs = {"epoch": epoch, "loss": mean_over_ranks(float(np.mean(losses))),
                     "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch}
             if named:
                 logs["stage"] = stage.name
@@ -316,18 +406,30 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
             history.append(logs)
             if notify is not None:
                 notify("on_epoch_end", job=job, epoch=epoch, logs=dict(logs))
+            if resume is not None and resume.every and (epoch + 1) % resume.every == 0:
+                resume.save({"stage": k, "stage_epoch": stage_epoch + 1, "history": history,
+                             "finished": dict(finished or {}), "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "loss": loss_fn.state_dict(), "sampler": sampler.state_dict(),
+                             "rng": rng_state(streams)})
     finally:
         bar.close()
     return loss_fn, sampler
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomic ``torch.save`` (temp file + rename) of tensors and plain containers only."""
+    """Atomic ``torch.save`` (temp file + fsync + rename) of tensors and plain containers only; under DDP
+    only rank 0 writes."""
+    if rank() != 0:
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -337,6 +439,42 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint without unpickling code (``weights_only=True``)."""
     return torch.load(path, map_location=map_location, weights_only=True)
 
+
+def rng_state(streams: dict[str, Any]) -> dict[str, Any]:
+    """Every random stream a resumed run must continue: the batch-order (torch generator), caption and
+    transform (numpy generators) streams, and the global python, numpy, torch and CUDA generators (torch
+    and CUDA per rank, as plain tensors and numbers that load with ``weights_only``)."""
+    key = np.random.get_state(legacy=False)
+    state = {"streams": {name: gen.get_state() if isinstance(gen, torch.Generator) else gen.bit_generator.state
+                         for name, gen in streams.items()},
+             "python": random.getstate(),
+             "numpy": {**key, "state": {"key": torch.from_numpy(key["state"]["key"].astype(np.int64)),
+                                        "pos": key["state"]["pos"]}},
+             "world_size": world_size()}
+    mine = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        mine = torch.cat([mine, torch.cuda.get_rng_state()])
+    state["torch"] = all_gather(mine[None])  # [ranks, bytes]
+    return state
+
+
+def set_rng_state(state: dict[str, Any], streams: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (each rank its own torch stream when the number of ranks is
+    unchanged, else rank 0's)."""
+    for name, gen in streams.items():
+        if isinstance(gen, torch.Generator):
+            gen.set_state(state["streams"][name])
+        else:
+            gen.bit_generator.state = state["streams"][name]
+    random.setstate(state["python"])
+    key = state["numpy"]
+    np.random.set_state({**key, "state": {"key": key["state"]["key"].numpy().astype(np.uint32),
+                                          "pos": key["state"]["pos"]}})
+    mine = state["torch"][rank() if state["world_size"] == world_size() else 0]
+    n = len(torch.get_rng_state())
+    torch.set_rng_state(mine[:n].clone())
+    if len(mine) > n and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine[n:].clone())
 
 
 DRY_RUN_SAMPLES = 4

@@ -289,13 +289,15 @@ TRANSFORM_CALLS: list[tuple[bool, int]] = []
 
 
 class CountingTransform(torch.nn.Module):
-    """Records each call (to prove transforms run at training steps only) and adds uniform noise."""
+    """Records each call (to prove transforms run at training steps only) and adds uniform noise;
+    ``delay`` seconds per call slow a run down so a test can kill it mid-run."""
 
-    def __init__(self, noise: float = 0.0):
+    def __init__(self, noise: float = 0.0, delay: float = 0.0):
         super().__init__()
-        self.noise = noise
+        self.noise, self.delay = noise, delay
 
     def forward(self, images):
+        time.sleep(self.delay)
         TRANSFORM_CALLS.append((torch.is_grad_enabled(), images.shape[0]))
         return (images + self.noise * torch.rand_like(images)).clamp(0, 1)
 
@@ -315,9 +317,15 @@ def on_run_start(job):
     EVENTS.append(("run_start", job.name, job.seed))
 
 
+#: (method, epoch) after which on_epoch_end interrupts the run, as Ctrl-C would (resume tests)
+INTERRUPT_AFTER: tuple[str, int] | None = None
+
+
 @hookimpl
 def on_epoch_end(job, epoch, logs):
     EVENTS.append(("epoch_end", job.name, epoch, logs["loss"]))
+    if INTERRUPT_AFTER == (job.name, epoch):
+        raise KeyboardInterrupt
 
 
 @hookimpl
