@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import random
 from typing import Any, Mapping
 
@@ -119,10 +120,13 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available; under torchrun ``auto`` and ``cuda`` mean this rank's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HarnessError(f"train.device is {name!r} but CUDA is not available on this machine")
+    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK
     return torch.device(name)
 
 

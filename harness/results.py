@@ -35,6 +35,8 @@ class Provenance(BaseModel):
     started_at: datetime
     finished_at: datetime
     duration_s: float
+    world_size: int = 1  # DDP ranks that trained the run (torchrun), 1 for a plain run
+    backend: str | None = None  # their torch.distributed backend (gloo, nccl)
 
 
 class DatasetRecord(BaseModel):
@@ -201,7 +203,7 @@ def git_sha() -> str | None:
 
 
 def provenance(started_at: datetime, finished_at: datetime, duration_s: float,
-               device: str | None) -> Provenance:
+               device: str | None, world_size: int = 1, backend: str | None = None) -> Provenance:
     try:
         import torch
         torch_version, cuda = torch.__version__, torch.version.cuda
@@ -210,7 +212,7 @@ def provenance(started_at: datetime, finished_at: datetime, duration_s: float,
     return Provenance(harness_version=harness.__version__, git_sha=git_sha(), git_dirty=git_dirty(),
                       python=sys.version.split()[0], torch=torch_version, cuda=cuda, device=device,
                       platform=platform.platform(), started_at=started_at, finished_at=finished_at,
-                      duration_s=round(duration_s, 3))
+                      duration_s=round(duration_s, 3), world_size=world_size, backend=backend)
 
 
 def to_jsonable(value: Any) -> Any:

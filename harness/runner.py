@@ -23,6 +23,7 @@ import torch
 
 from harness.components import EvalContext
 from harness.config import BenchmarkSpec, ComponentSpec
+from harness.distributed import backend_for, barrier, broadcast_json, init_from_env, rank, world_size
 from harness.errors import ConfigError, HarnessError
 from harness.jobs import (Diverged, Job, _build, build_encoder, dataset_record, describe_device, get_dataset, plan,
                           resolve_device, seed_everything, stale_reason)
@@ -160,7 +161,8 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         evaluators=to_jsonable(job.evaluators), eval_splits=job.eval_splits, plugins=job.plugins,
         providers=job.providers, sweep=job.sweep,
         provenance=provenance(started, finished, time.perf_counter() - t0,
-                              describe_device(device) if device is not None else None))
+                              describe_device(device) if device is not None else None,
+                              world_size=world_size(), backend=backend_for(device) if device else None))
 
 
 def resume_path(checkpoint_path: str | Path) -> Path:
@@ -198,9 +200,10 @@ def run_task_here(task: Task, registry: Registry | None = None,
     notify("on_run_start", job=task.job)
     checkpoint = task.path.with_suffix(".pt")
     result = execute(task.job, registry, progress=task.progress, notify=notify, checkpoint_path=checkpoint)
-    write_result(task.path, result)
-    if result.status == "ok":  # finished: a later run skips it, so its mid-run checkpoint is spent
-        resume_path(checkpoint).unlink(missing_ok=True)
+    if rank() == 0:  # under DDP every rank holds the same result; one writes it
+        write_result(task.path, result)
+        if result.status == "ok":  # finished: a later run skips it, so its mid-run checkpoint is spent
+            resume_path(checkpoint).unlink(missing_ok=True)
     notify("on_run_end", job=task.job, result=result)
     return result
 
@@ -225,14 +228,21 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
     named in a warning and never averaged in. Progress bars are drawn only when stderr is a terminal.
     ``launcher`` (else the benchmark's ``launcher:``, else ``inline``) decides where the jobs run;
     ``launcher_options`` override its options.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this: each job trains with DDP (see
+    :func:`harness.training.train_gradient`), jobs run one after another (inline), and only rank 0
+    speaks, writes result files, tables and plots.
     """
     plugins = list(plugins)
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
     progress = progress and sys.stderr.isatty()
     spec, registry, file = prepare(config, overrides=overrides, plugins=plugins, forward_check=False)
+    init_from_env()
+    if rank() != 0:  # one voice: the other ranks compute the same things silently
+        echo, progress = (lambda msg: None), False
     for err in registry.load_errors:
         echo(f"warning: plugin {err.name!r} failed to load: {err.error}")
-    notify = notifier(registry, echo)
+    notify = notifier(registry, echo) if rank() == 0 else (lambda hook_name, **kwargs: None)
     jobs = plan(spec, registry)
     record = dataset_record(jobs[0].dataset, get_dataset(jobs[0].dataset, registry)[1])
     bench_dir = Path(out_dir).absolute() / spec.name
@@ -260,6 +270,9 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
             done[i] = previous
         else:
             stale.append(f"{path}: {reason}")
+    if broadcast_json(sorted(done)) != sorted(done):
+        raise HarnessError(f"the ranks see different result files in {bench_dir}: under torchrun every rank "
+                           "must see the same --out folder")
     if stale:
         more = f" (and {len(stale) - 3} more)" if len(stale) > 3 else ""
         raise HarnessError(
@@ -283,6 +296,10 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc), file=file, field="launcher") from None
     inline = launcher_spec.name == "inline"
+    if world_size() > 1 and not inline:
+        raise ConfigError(f"under torchrun ({world_size()} ranks) each job trains with DDP on every rank, one "
+                          f"job after another: use the inline launcher, not {launcher_spec.name!r}",
+                          file=file, field="launcher")
     tasks = [Task(index=i, job=job, path=path, plugins=list(plugins), progress=progress and inline)
              for i, (job, path) in enumerate(zip(jobs, paths)) if i not in done]
     results: dict[int, RunResult] = dict(done)
@@ -299,12 +316,14 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
         echo(f"warning: {len(others)} result file(s) in {bench_dir} are not runs of this configuration "
              f"and are left out of its table and plots: {_listing(others)} "
              f"(`harness table {bench_dir}` shows every configuration)")
+    barrier()  # every rank reads what rank 0 wrote
     stored = [read_result(path) for path in paths]  # tables come from the files, never from memory
     table = build_table(stored, spec.report.metrics or None)
-    (bench_dir / "table.md").write_text(table + "\n")
-    try:
-        plot_results(stored, bench_dir / "plots.png", spec.report.metrics or None)
-    except Exception as exc:  # a plotting problem must not cost the finished results
-        echo(f"warning: could not draw plots: {type(exc).__name__}: {exc}")
+    if rank() == 0:
+        (bench_dir / "table.md").write_text(table + "\n")
+        try:
+            plot_results(stored, bench_dir / "plots.png", spec.report.metrics or None)
+        except Exception as exc:  # a plotting problem must not cost the finished results
+            echo(f"warning: could not draw plots: {type(exc).__name__}: {exc}")
     notify("on_benchmark_end", benchmark=spec, results=results)
     return BenchmarkOutcome(spec=spec, results=results, table=table, directory=bench_dir)
