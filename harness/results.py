@@ -104,7 +104,7 @@ class RunResult(BaseModel):
 
 
 #: train settings that change how a run executes, not what it computes
-EXECUTION_ONLY = frozenset({"threads", "checkpoint", "checkpoint_every", "eval_batch_size"})
+EXECUTION_ONLY = frozenset({"threads", "checkpoint", "checkpoint_every", "feature_cache", "eval_batch_size"})
 
 
 def comparable_method(method: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from harness.components import EvalContext
 from harness.config import BenchmarkSpec, ComponentSpec
 from harness.distributed import backend_for, barrier, broadcast_json, init_from_env, rank, world_size
 from harness.errors import ConfigError, HarnessError
+from harness.features import cached_views
 from harness.jobs import (Diverged, Job, _build, build_encoder, dataset_record, describe_device, get_dataset, plan,
                           resolve_device, seed_everything, stale_reason)
 from harness.model import DualEncoder, EstimatorModel
@@ -105,7 +106,6 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         device = resolve_device(spec.train.device)
         dataset, fingerprint = get_dataset(job.dataset, registry)
         record = dataset_record(job.dataset, fingerprint)
-        train = dataset.split("train")
         seed_everything(job.seed)
         context = {"embed_dim": spec.embed_dim, "dataset_info": dataset.info}
         encoders = DualEncoder(
@@ -119,6 +119,9 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
                 torch.manual_seed(zlib.crc32(f"{job.seed}/{key}".encode()))
                 encoders.heads[key] = _build(registry, "head", comp, context)
         encoders.to(device)
+        data, dataset = cached_views(encoders, job, dataset, fingerprint, registry) \
+            if spec.train.feature_cache else (dataset, dataset)
+        train = data.split("train")  # training reads what it can of the frozen encoders' cached outputs
         if spec.kind == "gradient":
             model = encoders
             every = spec.train.val_every if "val" in job.eval_splits else 0
@@ -133,7 +136,7 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
             resume = None if checkpoint_path is None else Resume(
                 resume_path(checkpoint_path), json.dumps([job.configuration(record), job.seed], default=str),
                 spec.train.checkpoint_every)
-            history = train_gradient(job, model, train, dataset, registry, context, device,
+            history = train_gradient(job, model, train, data, registry, context, device,
                                      progress=progress, notify=notify, epoch_metrics=validate_epoch,
                                      checkpoint_path=checkpoint_path if spec.train.checkpoint else None,
                                      resume=resume)

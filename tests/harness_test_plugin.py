@@ -272,10 +272,37 @@ def register_evaluators(register):
     register("embedding-norm", EmbeddingNorm)
 
 
+#: batch sizes of every forward call of the `frozen-projection` encoder (feature cache tests)
+FROZEN_CALLS: list[int] = []
+
+
+class FrozenProjection(torch.nn.Module):
+    """A fixed random projection of the pixels (a buffer, nothing trains): an encoder the feature cache
+    may cache. ``weights``: a ``torch.save``d ``[pixels, embed_dim]`` tensor in place of the random one."""
+
+    modality = "image"
+
+    def __init__(self, embed_dim: int = 8, seed: int = 0, weights: str | None = None, dataset_info=None):
+        super().__init__()
+        d = int(np.prod(dataset_info.image_shape))
+        weight = torch.load(weights, weights_only=True) if weights else \
+            torch.randn(d, embed_dim, generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("weight", weight)
+        self.output_dim = weight.shape[1]
+
+    def prepare(self, raw):
+        return torch.as_tensor(np.asarray(raw)).float().flatten(1) / 255.0
+
+    def forward(self, x):
+        FROZEN_CALLS.append(len(x))
+        return x @ self.weight
+
+
 @hookimpl
 def register_encoders(register):
     register("quadrant-tokens", QuadrantTokens)
     register("word-tokens", WordTokens)
+    register("frozen-projection", FrozenProjection)
 
 
 @hookimpl
