@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -87,7 +88,9 @@ class CachedRows:
         return self._n if self._rows is None else len(self._rows)
 
     def __getitem__(self, index: Any) -> "CachedRows":
-        return CachedRows(self.rows[torch.as_tensor(index, dtype=torch.long)])
+        if not isinstance(index, slice):
+            index = torch.as_tensor(index, dtype=torch.long)
+        return CachedRows(self.rows[index])
 
 
 def _pack(rows: Any) -> dict[str, torch.Tensor]:
@@ -116,6 +119,8 @@ class _CaptionRows:
             self.index.setdefault(text, (rows, i))
 
     def find(self, texts: Any) -> Any | None:
+        if isinstance(texts, np.ndarray):  # captions held as a numpy string array
+            texts = texts.tolist()
         if self.loading or not isinstance(texts, (list, tuple)) or not texts or \
                 not all(isinstance(t, str) and t in self.index for t in texts):
             return None
@@ -206,8 +211,8 @@ def _write(path: Path, rows: Any) -> None:
 
 class CachedDataset(Dataset):
     """A dataset whose splits read a frozen image encoder's outputs from ``images`` (in place of the
-    images) and register a frozen text encoder's outputs in ``captions``; everything else is the
-    wrapped dataset's."""
+    images) and a frozen text encoder's from ``texts`` (captions registered for lookup by text; a
+    numeric second view replaced like images); everything else is the wrapped dataset's."""
 
     def __init__(self, dataset: Dataset, images: FeatureStore | None = None,
                  texts: tuple[FeatureStore, _CaptionRows] | None = None):
@@ -220,7 +225,11 @@ class CachedDataset(Dataset):
             split = self.dataset.split(name)
             if self.texts is not None:
                 store, captions = self.texts
-                captions.add(list(split.texts), _lazy(store, name, split.texts))
+                rows = _lazy(store, name, split.texts)
+                if len(split.texts) and isinstance(split.texts[0], str):
+                    captions.add(list(split.texts), rows)  # looked up by their text, which evaluators read
+                else:  # a second numeric view: replaced like images
+                    split = dataclasses.replace(split, texts=rows)
             if self.images is not None:
                 split = dataclasses.replace(split, images=_lazy(self.images, name, split.images))
             self._splits[name] = split

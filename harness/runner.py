@@ -35,7 +35,8 @@ from harness.launchers import Task, start_fork_server
 from harness.registry import Registry, default_registry
 from harness.results import RunResult, provenance, read_result, result_path, to_jsonable, write_result
 from harness.tables import build_table
-from harness.training import Resume, train_gradient
+from harness.checkpoints import Resume
+from harness.training import train_gradient
 from harness.validation import prepare
 
 

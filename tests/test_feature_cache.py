@@ -97,3 +97,16 @@ def test_trainable_encoders_are_not_cached_and_transformed_training_images_are_e
     assert run(frozen, tmp_path / "trainable", progress=False).ok
     # from the first run only: the captions, and the images of val and test (train was transformed)
     assert len(list(cache.glob("*.safetensors"))) == 1 + 2
+
+
+def test_a_numeric_second_view_is_cached_like_images(tmp_path, cache):
+    identity = {"name": "identity"}
+    config = {"name": "digits", "dataset": {"name": "noisy-digits", "size": 8, "border": 1, "seed": 0},
+              "seeds": [0], "defaults": {"encoders": {"image": identity, "text": identity}},
+              "methods": [{"name": "linear-cca", "estimator": {"name": "linear-cca", "k": 4}}],
+              "evaluators": [{"name": "canonical-correlation", "k": 4}]}
+    cached = run(config, tmp_path / "cached", progress=False).results[0]
+    assert cached.status == "ok" and len(list(cache.glob("*.safetensors"))) == 4  # 2 views × train, test
+    config["defaults"]["train"] = {"feature_cache": False}
+    plain = run(config, tmp_path / "plain", progress=False).results[0]
+    assert cached.metrics == pytest.approx(plain.metrics, rel=1e-6)

@@ -12,7 +12,7 @@ import torch
 
 from harness.results import read_result
 from harness.runner import run
-from harness.training import load_checkpoint
+from harness.checkpoints import load_checkpoint
 
 import harness_test_plugin as toy
 from conftest import cli_env, harness_cmd
