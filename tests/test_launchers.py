@@ -137,3 +137,12 @@ def test_bad_submitit_options_are_config_errors(tmp_path, toy_config):
             launcher_options={"cluster": "local", "partiton": "gpu"})
     with pytest.raises(ConfigError, match="timeout_min must be a positive integer"):
         run(toy_config, tmp_path, progress=False, launcher="submitit", launcher_options={"timeout_min": 0})
+
+
+def test_workers_see_the_environment_of_the_run_that_launched_them(tmp_path, toy_config, monkeypatch):
+    toy_config["evaluators"] = [{"name": "env-probe"}]
+    toy_config["report"] = {"metrics": ["env-probe/probe"]}
+    for probe in (1, 2):  # the second run reuses the fork server started with the first one's environment
+        monkeypatch.setenv("HARNESS_TEST_PROBE", str(probe))
+        outcome = run(toy_config, tmp_path / str(probe), progress=False, launcher="processes")
+        assert outcome.results[0].metrics["env-probe/probe"] == probe

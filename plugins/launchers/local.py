@@ -62,7 +62,9 @@ class Processes(Launcher):
         context = multiprocessing.get_context(self._start_method(gpus))
 
         def make_pool(slot: int) -> futures.ProcessPoolExecutor:
-            env = {"CUDA_VISIBLE_DEVICES": str(slot % gpus)} if gpus else {}
+            # this process's environment as it is now (a fork server's children would otherwise see
+            # the server's, from when it started), with the worker's GPU
+            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(slot % gpus)} if gpus else {})}
             return futures.ProcessPoolExecutor(1, mp_context=context, initializer=_set_env, initargs=(env,))
 
         # one single-worker pool per slot, so that each worker keeps its own GPU for all its runs
@@ -107,6 +109,7 @@ class Processes(Launcher):
 
 
 def _set_env(env: dict[str, str]) -> None:
+    os.environ.clear()
     os.environ.update(env)
 
 
