@@ -170,8 +170,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         outcome = run(args.file, args.out, overrides=args.overrides, plugins=args.plugin,
                       overwrite=args.overwrite, progress=not args.no_progress, launcher=args.launcher,
                       launcher_options=_options(args.launcher_opt, "--launcher-opt"))
-        print(outcome.table)
-        print(f"\nresults: {outcome.directory}", file=sys.stderr)
+        from harness.distributed import rank
+        if rank() == 0:  # under torchrun every rank returns the same outcome
+            print(outcome.table)
+            print(f"\nresults: {outcome.directory}", file=sys.stderr)
         return 0 if outcome.ok else 1
 
     if args.command == "validate":

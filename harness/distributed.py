@@ -10,9 +10,16 @@ same on every rank, so averaging them changes nothing.
 
 Every rank must call the same gathers in the same order and run backward through them (collectives
 block until all ranks arrive). When ``torch.distributed`` is not initialized all functions are no-ops.
+
+The second half runs a job under ``torchrun``: joining the process group, each rank's shard of a batch or
+a split, averaging gradients, and sharing rank 0's decisions.
 """
 
 from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -118,3 +125,117 @@ def all_gather_tokens(features: torch.Tensor, mask: torch.Tensor | None = None
     valid = torch.nn.functional.pad(valid, (0, pad), value=False)
     # uint8 rather than bool: not every backend gathers bool tensors
     return all_gather(features), all_gather(valid.to(torch.uint8)).bool()
+
+
+# --- running a job under torchrun ---------------------------------------------------------------------
+
+def init_from_env() -> str | None:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1), once
+    per process, and return the backend; None for a plain run. CPU tensors go through gloo, CUDA tensors
+    through NCCL (one backend per device type), and each rank takes GPU ``LOCAL_RANK``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return None
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
+    return dist.get_backend()
+
+
+def backend_for(device: torch.device) -> str | None:
+    """The backend that carries this device's tensors (``gloo``, ``nccl``), None when not distributed."""
+    if not is_distributed():
+        return None
+    backend = dist.get_backend()
+    if ":" not in backend:  # one backend for every device type
+        return backend
+    return dict(part.split(":") for part in backend.split(","))[device.type]
+
+
+def shard(n: int) -> slice:
+    """This rank's contiguous rows of ``n`` (sizes differ by at most one, the first ranks hold the extra
+    rows): concatenated in rank order the shards are the rows themselves, so gathered embeddings are
+    in the single-process order."""
+    size, me = world_size(), rank()
+    base, extra = divmod(n, size)
+    start = me * base + min(me, extra)
+    return slice(start, start + base + (me < extra))
+
+
+def gather(x: Any) -> Any:
+    """Every rank's rows of ``x`` (a tensor or :class:`harness.components.TokenFeatures`), concatenated in
+    rank order, without gradient; ``x`` itself when not distributed."""
+    if not is_distributed():
+        return x
+    if hasattr(x, "features"):  # token features: pad to the longest N, then gather with the mask
+        features, mask = all_gather_tokens(x.features.detach(), x.mask)
+        return type(x)(features, mask)
+    return all_gather(x.detach())
+
+
+def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over ranks in one collective (what DDP's reducer does, but for
+    every parameter the step touched, including those a loss, a sampler or a head used outside the
+    model's forward). A parameter without a gradient on some rank counts as zero there; one without a
+    gradient on every rank keeps none, as in a single process (so the optimizer skips it alike)."""
+    if not is_distributed() or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    present = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [present])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat[:-len(params)] /= dist.get_world_size()
+    offset = 0
+    for p, g, seen in zip(params, grads, flat[-len(params):].tolist()):
+        n = g.numel()
+        p.grad = flat[offset: offset + n].view_as(p).clone() if seen else None
+        offset += n
+
+
+def broadcast_state(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers (batch-norm statistics) to every rank."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def mean_over_ranks(value: float) -> float:
+    """The mean of ``value`` over ranks (a loss every rank computed on its own rows); ``value`` itself
+    when not distributed or when every rank holds the same number (as gathered losses do)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item() / dist.get_world_size())
+
+
+def broadcast_json(value: Any = None) -> Any:
+    """Rank 0's ``value`` (anything JSON can hold) on every rank: a decision every rank must share, such
+    as which jobs are already done. Plain JSON bytes, never pickle."""
+    if not is_distributed():
+        return value
+    data = json.dumps(value).encode() if dist.get_rank() == 0 else b""
+    size = torch.tensor([len(data)], dtype=torch.long)
+    dist.broadcast(size, src=0)
+    buffer = torch.zeros(int(size.item()), dtype=torch.uint8)
+    if dist.get_rank() == 0:
+        buffer[:] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    dist.broadcast(buffer, src=0)
+    return json.loads(buffer.numpy().tobytes().decode())
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (e.g. "the cache file exists here")."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

@@ -162,10 +162,13 @@ def run_settings(train: TrainSpec, device: torch.device) -> Iterator[None]:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available; under torchrun ``auto`` and ``cuda`` mean this rank's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HarnessError(f"train.device is {name!r} but CUDA is not available on this machine")
+    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK
     return torch.device(name)
 
 

@@ -11,6 +11,8 @@ from torch import nn
 
 from harness.components import TokenFeatures
 from harness.loader import prepared_chunks
+from harness.sources import LazySource, SourceRows
+from harness.distributed import gather, is_distributed, shard
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -120,11 +122,22 @@ class DualEncoder(nn.Module):
             return TokenFeatures.cat(chunks)
         return torch.cat(chunks)
 
+    def _embed_all(self, encoder: nn.Module, items: Any) -> Any:
+        """Every item embedded; under DDP each rank embeds its shard and the shards are gathered."""
+        if not is_distributed():
+            return self._embed(encoder, items)
+        rows = shard(len(items))
+        if isinstance(items, LazySource):  # decoded chunk by chunk, like the whole split
+            mine = SourceRows(items, rows.start, rows.stop)
+        else:
+            mine = take(items, np.arange(rows.start, rows.stop))
+        return gather(self._embed(encoder, mine))
+
     def embed_images(self, images: Any) -> Any:
-        return self._embed(self.image_encoder, images)
+        return self._embed_all(self.image_encoder, images)
 
     def embed_texts(self, texts: Any) -> Any:
-        return self._embed(self.text_encoder, texts)
+        return self._embed_all(self.text_encoder, texts)
 
     @torch.no_grad()
     def score(self, image_emb: Any, text_emb: Any) -> torch.Tensor:

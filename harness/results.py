@@ -39,6 +39,8 @@ class Provenance(BaseModel):
     duration_s: float
     # packages, CPU, torch build and settings, and their fingerprint (None in older files)
     environment: Environment | None = None
+    world_size: int = 1  # DDP ranks that trained the run (torchrun), 1 for a plain run
+    backend: str | None = None  # their torch.distributed backend (gloo, nccl)
 
 
 class DatasetRecord(BaseModel):
@@ -106,7 +108,8 @@ class RunResult(BaseModel):
 
 
 #: train settings that change how a run executes, not what it computes
-EXECUTION_ONLY = frozenset({"threads", "checkpoint", "eval_batch_size", "workers"})
+EXECUTION_ONLY = frozenset({"threads", "checkpoint", "checkpoint_every", "feature_cache", "eval_batch_size",
+                            "workers"})
 
 
 def comparable_method(method: dict[str, Any]) -> dict[str, Any]:
@@ -256,7 +259,8 @@ def git_sha() -> str | None:
 
 
 def provenance(started_at: datetime, finished_at: datetime, duration_s: float,
-               device: str | None, environment: Environment | None = None) -> Provenance:
+               device: str | None, environment: Environment | None = None, world_size: int = 1,
+               backend: str | None = None) -> Provenance:
     try:
         import torch
         torch_version, cuda = torch.__version__, torch.version.cuda
@@ -265,7 +269,8 @@ def provenance(started_at: datetime, finished_at: datetime, duration_s: float,
     return Provenance(harness_version=harness.__version__, git_sha=git_sha(), git_dirty=git_dirty(),
                       python=sys.version.split()[0], torch=torch_version, cuda=cuda, device=device,
                       platform=platform.platform(), started_at=started_at, finished_at=finished_at,
-                      duration_s=round(duration_s, 3), environment=environment)
+                      duration_s=round(duration_s, 3), environment=environment, world_size=world_size,
+                      backend=backend)
 
 
 def to_jsonable(value: Any) -> Any:

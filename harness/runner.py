@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
 import sys
 import time
 import traceback
 import zlib
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,18 +25,22 @@ import torch
 
 from harness.components import EvalContext
 from harness.config import BenchmarkSpec, ComponentSpec
+from harness.distributed import backend_for, barrier, broadcast_json, init_from_env, rank, world_size
 from harness.errors import ConfigError, HarnessError
 from harness.environment import capture_environment, with_imported
+from harness.features import cached_views
 from harness.jobs import (Diverged, Job, _build, build_encoder, dataset_record, describe_device, get_dataset, plan,
                           resolve_device, run_settings, seed_everything, stale_reason)
 from harness.model import DualEncoder, EstimatorModel
 from harness.metric_chart import save_metric_chart
 from harness.plots import plot_results
-from harness.launchers import Task
+from harness.config import load_benchmark
+from harness.launchers import Task, start_fork_server
 from harness.loggers import attached_loggers, isolated_rng
 from harness.registry import Registry, default_registry
 from harness.results import RunResult, provenance, read_result, result_path, to_jsonable, write_result
 from harness.tables import build_table
+from harness.checkpoints import Resume
 from harness.training import train_gradient
 from harness.validation import prepare
 
@@ -94,7 +99,9 @@ def evaluate(job: Job, registry: Registry, model: Any, dataset: Any, split_name:
 def execute(job: Job, registry: Registry, *, progress: bool = True,
             notify: Callable[..., None] | None = None,
             checkpoint_path: str | Path | None = None) -> RunResult:
-    """Train and evaluate one job; never raises for errors in method code (the result says so)."""
+    """Train and evaluate one job; never raises for errors in method code (the result says so).
+    ``checkpoint_path`` (``seed-<n>.pt``) is where the final checkpoint goes with ``train.checkpoint``;
+    mid-run checkpoints (``train.checkpoint_every``) go beside it as ``seed-<n>.resume.pt``."""
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     spec = job.spec
     status, error, trace, scores, history = "ok", None, None, Scores(), []
@@ -107,7 +114,6 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         environment = capture_environment(device, distributions)  # with the run's settings in force
         dataset, fingerprint = get_dataset(job.dataset, registry)
         record = dataset_record(job.dataset, fingerprint)
-        train = dataset.split("train")
         seed_everything(job.seed)
         context = {"embed_dim": spec.embed_dim, "dataset_info": dataset.info}
         encoders = DualEncoder(
@@ -124,6 +130,9 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
                 torch.manual_seed(zlib.crc32(f"{job.seed}/{key}".encode()))
                 encoders.heads[key] = _build(registry, "head", comp, context)
         encoders.to(device)
+        data, dataset = cached_views(encoders, job, dataset, fingerprint, registry) \
+            if spec.train.feature_cache else (dataset, dataset)
+        train = data.split("train")  # training reads what it can of the frozen encoders' cached outputs
         if spec.kind == "gradient":
             model = encoders
             every = spec.train.val_every if "val" in job.eval_splits else 0
@@ -135,9 +144,13 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
                     return {}
                 return evaluate(job, registry, model, dataset, "val", device).metrics
 
-            history = train_gradient(job, model, train, dataset, registry, context, device,
+            resume = None if checkpoint_path is None else Resume(
+                resume_path(checkpoint_path), json.dumps([job.configuration(record), job.seed], default=str),
+                spec.train.checkpoint_every)
+            history = train_gradient(job, model, train, data, registry, context, device,
                                      progress=progress, notify=notify, epoch_metrics=validate_epoch,
-                                     checkpoint_path=checkpoint_path if spec.train.checkpoint else None)
+                                     checkpoint_path=checkpoint_path if spec.train.checkpoint else None,
+                                     resume=resume)
         else:
             estimator = _build(registry, "estimator", spec.estimator, context)
             model = EstimatorModel(encoders, estimator).fit(train.images, train.texts,
@@ -164,7 +177,13 @@ def execute(job: Job, registry: Registry, *, progress: bool = True,
         evaluators=to_jsonable(job.evaluators), eval_splits=job.eval_splits, plugins=job.plugins,
         providers=job.providers, sweep=job.sweep,
         provenance=provenance(started, finished, time.perf_counter() - t0,
-                              describe_device(device) if device is not None else None, environment))
+                              describe_device(device) if device is not None else None, environment,
+                              world_size=world_size(), backend=backend_for(device) if device else None))
+
+
+def resume_path(checkpoint_path: str | Path) -> Path:
+    """``seed-<n>.pt`` → ``seed-<n>.resume.pt``: where a job's mid-run checkpoints go."""
+    return Path(checkpoint_path).with_suffix(".resume.pt")
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -203,13 +222,26 @@ def run_task_here(task: Task, registry: Registry | None = None,
     registry = registry or default_registry()
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
     notify = notify or notifier(registry, echo)
-    with attached_loggers(task.job, task.path, registry, echo):
+    # under DDP only rank 0 logs (the other ranks' notify is silent too)
+    with attached_loggers(task.job, task.path, registry, echo) if rank() == 0 else nullcontext():
         notify("on_run_start", job=task.job)
-        result = execute(task.job, registry, progress=task.progress, notify=notify,
-                         checkpoint_path=task.path.with_suffix(".pt"))
-        write_result(task.path, result)
+        checkpoint = task.path.with_suffix(".pt")
+        result = execute(task.job, registry, progress=task.progress, notify=notify, checkpoint_path=checkpoint)
+        if rank() == 0:  # under DDP every rank holds the same result; one writes it
+            write_result(task.path, result)
+            if result.status == "ok":  # finished: a later run skips it, so its mid-run checkpoint is spent
+                resume_path(checkpoint).unlink(missing_ok=True)
         notify("on_run_end", job=task.job, result=result)
     return result
+
+
+def _launcher_name(config: str | Path | Mapping[str, Any], overrides: Iterable[str]) -> str | None:
+    """The benchmark's ``launcher.name``, read before anything is validated (None when it cannot be
+    read: validation then says why)."""
+    try:
+        return load_benchmark(config, list(overrides))[0].launcher.name
+    except Exception:
+        return None
 
 
 def _listing(paths: list[str], limit: int = 5) -> str:
@@ -232,14 +264,23 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
     named in a warning and never averaged in. Progress bars are drawn only when stderr is a terminal.
     ``launcher`` (else the benchmark's ``launcher:``, else ``inline``) decides where the jobs run;
     ``launcher_options`` override its options.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this: each job trains with DDP (see
+    :func:`harness.training.train_gradient`), jobs run one after another (inline), and only rank 0
+    speaks, writes result files, tables and plots.
     """
-    plugins = list(plugins)
+    plugins, overrides = list(plugins), list(overrides)
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
     progress = progress and sys.stderr.isatty()
+    if (launcher or _launcher_name(config, overrides)) == "processes":
+        start_fork_server()  # the launcher forks its workers from it: their imports overlap validation
     spec, registry, file = prepare(config, overrides=overrides, plugins=plugins, forward_check=False)
+    init_from_env()
+    if rank() != 0:  # one voice: the other ranks compute the same things silently
+        echo, progress = (lambda msg: None), False
     for err in registry.load_errors:
         echo(f"warning: plugin {err.name!r} failed to load: {err.error}")
-    notify = notifier(registry, echo)
+    notify = notifier(registry, echo) if rank() == 0 else (lambda hook_name, **kwargs: None)
     jobs = plan(spec, registry)
     record = dataset_record(jobs[0].dataset, get_dataset(jobs[0].dataset, registry)[1])
     bench_dir = Path(out_dir).absolute() / spec.name
@@ -267,6 +308,9 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
             done[i] = previous
         else:
             stale.append(f"{path}: {reason}")
+    if broadcast_json(sorted(done)) != sorted(done):
+        raise HarnessError(f"the ranks see different result files in {bench_dir}: under torchrun every rank "
+                           "must see the same --out folder")
     if stale:
         more = f" (and {len(stale) - 3} more)" if len(stale) > 3 else ""
         raise HarnessError(
@@ -290,6 +334,10 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc), file=file, field="launcher") from None
     inline = launcher_spec.name == "inline"
+    if world_size() > 1 and not inline:
+        raise ConfigError(f"under torchrun ({world_size()} ranks) each job trains with DDP on every rank, one "
+                          f"job after another: use the inline launcher, not {launcher_spec.name!r}",
+                          file=file, field="launcher")
     tasks = [Task(index=i, job=job, path=path, plugins=list(plugins), progress=progress and inline)
              for i, (job, path) in enumerate(zip(jobs, paths)) if i not in done]
     results: dict[int, RunResult] = dict(done)
@@ -306,13 +354,15 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
         echo(f"warning: {len(others)} result file(s) in {bench_dir} are not runs of this configuration "
              f"and are left out of its table and plots: {_listing(others)} "
              f"(`harness table {bench_dir}` shows every configuration)")
+    barrier()  # every rank reads what rank 0 wrote
     stored = [read_result(path) for path in paths]  # tables come from the files, never from memory
     table = build_table(stored, spec.report.metrics or None)
-    (bench_dir / "table.md").write_text(table + "\n")
-    try:
-        plot_results(stored, bench_dir / "plots.png", spec.report.metrics or None)
-        save_metric_chart(stored, bench_dir / "metrics-ci.png", spec.report.metrics or None)
-    except Exception as exc:  # a plotting problem must not cost the finished results
-        echo(f"warning: could not draw plots: {type(exc).__name__}: {exc}")
+    if rank() == 0:
+        (bench_dir / "table.md").write_text(table + "\n")
+        try:
+            plot_results(stored, bench_dir / "plots.png", spec.report.metrics or None)
+            save_metric_chart(stored, bench_dir / "metrics-ci.png", spec.report.metrics or None)
+        except Exception as exc:  # a plotting problem must not cost the finished results
+            echo(f"warning: could not draw plots: {type(exc).__name__}: {exc}")
     notify("on_benchmark_end", benchmark=spec, results=results)
     return BenchmarkOutcome(spec=spec, results=results, table=table, directory=bench_dir)

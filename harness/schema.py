@@ -45,6 +45,10 @@ class TrainSpec(BaseModel):
     # with eval_splits [val, …]: score the val split every N epochs into the history (val curves)
     val_every: NonNegativeInt = 0
     checkpoint: bool = False  # save weights + loss/sampler state beside the result (seed-<n>.pt)
+    # every K epochs, the whole training state (seed-<n>.resume.pt): a killed run continues from it
+    checkpoint_every: NonNegativeInt = 0
+    # frozen encoders' outputs computed once per split and cached on disk (see harness.features)
+    feature_cache: bool = True
     # CPU threads torch uses for this run (None: torch's default, one per core); 1 when several
     # benchmarks share a machine, whose default thread pools otherwise oversubscribe the cores
     threads: PositiveInt | None = None

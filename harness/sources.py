@@ -57,6 +57,25 @@ class LazySource:
         return torch.stack(items)
 
 
+class SourceRows(LazySource):
+    """Rows ``[start, stop)`` of another source, still read on demand (a DDP rank's shard)."""
+
+    def __init__(self, source: LazySource, start: int, stop: int):
+        self.source, self.start, self.stop = source, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def load(self, i: int) -> torch.Tensor:
+        return self.source.load(self.start + i)
+
+    def load_many(self, index: np.ndarray) -> list[torch.Tensor]:
+        return self.source.load_many(np.asarray(index) + self.start)
+
+    def fingerprint(self) -> str:
+        return f"{self.source.fingerprint()}[{self.start}:{self.stop}]"
+
+
 # --- geometry: shorter side to S, centre crop (torchvision's resize + center_crop) ----------------------
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:

@@ -1,12 +1,11 @@
-"""Gradient training of one job: batches, the optimizer and schedule, samplers, checkpoints, the dry run."""
+"""Gradient training of one job: batches, the optimizer and schedule, samplers, DDP, the dry run (the
+checkpoint files and mid-run resume state are in :mod:`harness.checkpoints`)."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,15 +15,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from harness.checkpoints import Resume, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.components import FalseNegatives, Sampler, apply_transforms, transform_extras
 from harness.config import StageSpec, TrainSpec
 from harness.data import Dataset, PairRelevance, Split
+from harness.distributed import average_gradients, broadcast_state, is_distributed, mean_over_ranks, rank, shard
 from harness.errors import HarnessError
 from harness.jobs import Diverged, Job, _build
 from harness.loader import TrainBatches, resolve_workers
 from harness.model import DualEncoder, take, to_device
 from harness.registry import Registry
 
+__all__ = ["DRY_RUN_SAMPLES", "SAMPLER_EXTRAS", "dry_run", "finish_batch", "float_images", "freeze", "load_batch",
+           "load_checkpoint", "lr_factor", "make_batch", "make_optimizer", "masks_false_negatives",
+           "save_checkpoint", "train_gradient"]  # the checkpoint functions live in harness.checkpoints
 
 # --- gradient training ------------------------------------------------------------------------------
 
@@ -98,8 +102,8 @@ def float_images(raw: Any) -> torch.Tensor:
 
 def load_batch(split: Split, index: np.ndarray, captions: np.ndarray, transform_seed: int | None, *,
                prepare_images: Callable[[Any], Any], prepare_texts: Callable[[Any], Any],
-               extras_wanted: Sequence[str] = (), transforms: Sequence[torch.nn.Module] = ()
-               ) -> dict[str, Any]:
+               extras_wanted: Sequence[str] = (), transforms: Sequence[torch.nn.Module] = (),
+               rows: slice | None = None) -> dict[str, Any]:
     """The CPU half of a training batch, which the data workers run: images ``index`` (decoded when the
     split reads them from files) and texts ``captions``, the training ``transforms``, the encoders'
     ``prepare``, and the per-image extras the loss names (as the transforms moved them).
@@ -107,7 +111,12 @@ def load_batch(split: Split, index: np.ndarray, captions: np.ndarray, transform_
     ``transforms`` run on the raw images as floats in [0, 1] before ``prepare`` (which then gets them
     back in the dataset's own dtype, uint8 for ``shapes``, as at evaluation), with torch's global
     generator seeded from ``transform_seed`` inside :func:`torch.random.fork_rng`, so they neither
-    depend on nor shift the model's random stream, and give the same result in any worker."""
+    depend on nor shift the model's random stream, and give the same result in any worker.
+
+    ``rows`` (DDP) keeps this rank's rows of the global batch ``index``; transforms still draw for the
+    whole batch first, so every image is transformed as in a single process."""
+    if rows is not None and not transforms:
+        index, captions = index[rows], captions[rows]
     images, texts = take(split.images, index), split.take_texts(captions)
     moved: dict[str, Any] = {}
     if transforms:
@@ -124,6 +133,9 @@ def load_batch(split: Split, index: np.ndarray, captions: np.ndarray, transform_
         if raw_dtype in (torch.uint8, np.uint8):  # prepare sees what evaluation feeds it: the raw dtype
             images = images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
         texts = moved.pop("captions", texts)
+        if rows is not None:
+            images, texts, index = images[rows], list(texts)[rows], index[rows]
+            moved = {name: value[rows] for name, value in moved.items()}
     extras = {}
     for name in extras_wanted:
         if name == "captions":  # the batch's caption strings (after transforms), e.g. to edit them
@@ -175,25 +187,39 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
                    context: dict[str, Any], device: torch.device, *, progress: bool = True,
                    notify: Callable[..., None] | None = None,
                    epoch_metrics: Callable[[int, bool], dict[str, Any]] | None = None,
-                   checkpoint_path: str | Path | None = None) -> list[dict[str, Any]]:
+                   checkpoint_path: str | Path | None = None, resume: Resume | None = None
+                   ) -> list[dict[str, Any]]:
     """Train ``model`` with the job's loss (and sampler), or stage by stage with each stage's loss,
     settings and frozen parts, and return the per-epoch history (epochs numbered across stages; each
     entry names its stage when the method has stages). After each epoch, ``epoch_metrics(epoch,
     last)`` (validation scores, say) is added to that epoch's entry. The last stage whose loss defines
-    ``pair_scores`` gives the method its pair score."""
+    ``pair_scores`` gives the method its pair score. With ``resume``, training continues from its last
+    checkpoint and writes new ones. Under DDP every rank calls this with the same job."""
     spec = job.spec
     stages = spec.stage_list()
-    history: list[dict[str, Any]] = []
-    on_step = _step_notifier(job, notify)
-    states: dict[str, dict[str, Any]] = {}
+    start = resume.load() if resume is not None else None
+    history: list[dict[str, Any]] = list(start["history"]) if start else []
+    states: dict[str, dict[str, Any]] = dict(start["finished"]) if start else {}
+    on_step = _StepNotifier(job, notify, first=start.get("steps", 0) if start else 0)
+    if start:
+        model.load_state_dict(start["model"])
+        if rank() == 0:
+            print(f"{job.name} seed={job.seed}: resuming from {resume.path.name} after epoch "
+                  f"{len(history)}", file=sys.stderr)
+    if is_distributed():
+        _join_ranks(model, device, job.seed)
     for k, stage in enumerate(stages):
+        if start and k < start["stage"]:  # finished before the checkpoint: only its pair score matters
+            _restore_pair_score(model, registry, stage, context, states[stage.name]["loss"])
+            continue
         train = spec.stage_train(stage)
         frozen = freeze(model, stage.freeze)
         try:
             loss_fn, sampler = _train_stage(
                 job, k, stage, train, model, split, dataset, registry, context, device, history,
                 frozen=frozen, named=spec.stages is not None, progress=progress, notify=notify,
-                epoch_metrics=epoch_metrics, last_stage=k == len(stages) - 1, on_step=on_step)
+                epoch_metrics=epoch_metrics, last_stage=k == len(stages) - 1, on_step=on_step,
+                resume=resume, finished=states, start=start if start and k == start["stage"] else None)
         finally:
             for module, flags in frozen:  # later stages may train what this one kept fixed
                 for param, flag in zip(module.parameters(), flags):
@@ -209,17 +235,40 @@ def train_gradient(job: Job, model: DualEncoder, split: Split, dataset: Dataset,
     return history
 
 
-def _step_notifier(job: Job, notify: Callable[..., None] | None) -> Callable[[float, float, int], None]:
+class _StepNotifier:
     """``on_step(loss, lr, epoch)`` after each optimizer step: counts steps across epochs and stages
-    and calls the ``on_step_end`` hook on every :data:`STEP_HOOK_EVERY`-th (0, 10, 20, …)."""
-    steps = itertools.count()
+    (from ``first`` when a run resumes) and calls the ``on_step_end`` hook on every
+    :data:`STEP_HOOK_EVERY`-th (0, 10, 20, …)."""
 
-    def on_step(loss: float, lr: float, epoch: int) -> None:
-        step = next(steps)
-        if notify is not None and step % STEP_HOOK_EVERY == 0:
-            notify("on_step_end", job=job, step=step, logs={"loss": loss, "lr": lr, "epoch": epoch})
+    def __init__(self, job: Job, notify: Callable[..., None] | None, first: int = 0):
+        self.job, self.notify, self.steps = job, notify, first
 
-    return on_step
+    def __call__(self, loss: float, lr: float, epoch: int) -> None:
+        step, self.steps = self.steps, self.steps + 1
+        if self.notify is not None and step % STEP_HOOK_EVERY == 0:
+            self.notify("on_step_end", job=self.job, step=step, logs={"loss": loss, "lr": lr, "epoch": epoch})
+
+
+
+def _join_ranks(model: DualEncoder, device: torch.device, seed: int) -> None:
+    """DDP: every rank starts from rank 0's weights (batch norm synchronised across ranks on CUDA), and
+    ranks other than 0 draw dropout from streams of their own (rank 0 keeps the single-process one)."""
+    if device.type == "cuda":
+        for name, child in list(model.named_children()):
+            setattr(model, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    broadcast_state(model)
+    if rank() > 0:
+        torch.manual_seed(int(np.random.default_rng([seed, rank()]).integers(2**62)))
+
+
+def _restore_pair_score(model: DualEncoder, registry: Registry, stage: StageSpec, context: dict[str, Any],
+                        loss_state: dict[str, Any]) -> None:
+    loss_fn = _build(registry, "loss", stage.loss, context).to(model.device)
+    loss_fn.load_state_dict(loss_state)
+    if hasattr(loss_fn, "pair_scores"):
+        model.scorer = loss_fn.pair_scores
+        if "heads" in inspect.signature(loss_fn.pair_scores).parameters:  # a matching head's logit
+            model.scorer = functools.partial(loss_fn.pair_scores, heads=model.heads)
 
 
 def freeze(model: torch.nn.Module, prefixes: list[str]) -> list[tuple[torch.nn.Module, list[bool]]]:
@@ -243,10 +292,13 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                  history: list[dict[str, Any]], *, frozen: list, named: bool, progress: bool,
                  notify: Callable[..., None] | None,
                  epoch_metrics: Callable[[int, bool], dict[str, Any]] | None,
-                 last_stage: bool, on_step: Callable[[float, float, int], None] = lambda *_: None
-                 ) -> tuple[torch.nn.Module, Sampler]:
+                 last_stage: bool, on_step: Callable[[float, float, int], None] = lambda *_: None,
+                 resume: Resume | None = None, finished: dict[str, dict[str, Any]] | None = None,
+                 start: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Sampler]:
     """One stage: its loss and sampler, optimizer and schedule, ``train.epochs`` epochs appended to
-    ``history``. The first stage draws batches from the job's seed exactly as a single-loss run does."""
+    ``history``. The first stage draws batches from the job's seed exactly as a single-loss run does.
+    ``start`` (a mid-run checkpoint of this stage) restores its state and skips the epochs it had done;
+    ``resume`` writes new checkpoints, with the states of the ``finished`` stages."""
     loss_fn = _build(registry, "loss", stage.loss, context).to(device)
     sampler = _build(registry, "sampler", stage.sampler, context) if stage.sampler else Sampler()
     sampler.check_loss(loss_fn)
@@ -287,6 +339,15 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
     # changes neither the batches nor the captions drawn
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                               enabled=train.precision == "bf16")
+    shard_rows = shard(batch_size) if is_distributed() else None  # DDP: this rank's rows of each batch
+    streams = {"order": order_rng, "caption": caption_rng, "transform": transform_rng}
+    first_epoch = 0
+    if start is not None:
+        first_epoch = start["stage_epoch"]
+        for part, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("loss", loss_fn),
+                          ("sampler", sampler)):
+            obj.load_state_dict(start[part])
+        set_rng_state(start["rng"], streams)
 
     def draw_captions(index: np.ndarray) -> np.ndarray:
         # one random caption of each image per step: every caption is seen across epochs
@@ -295,6 +356,8 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
     def batch_loss(index: np.ndarray, captions: np.ndarray, loaded: dict[str, Any]
                    ) -> tuple[torch.Tensor, dict, Any, Any]:
         batch, extras = finish_batch(model, loaded, extras_wanted, class_names, device)
+        if shard_rows is not None:
+            index, captions = index[shard_rows], captions[shard_rows]
         if relevance is not None:
             extras["false_negatives"] = FalseNegatives(torch.as_tensor(index, device=device),
                                                        torch.as_tensor(captions, device=device), relevance)
@@ -311,18 +374,18 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
             module.eval()
 
     where = f"stage {stage.name}, " if named else ""
-    bar = tqdm(total=train.epochs * steps_per_epoch, desc=f"{job.name} seed={job.seed}"
+    bar = tqdm(total=(train.epochs - first_epoch) * steps_per_epoch, desc=f"{job.name} seed={job.seed}"
                + (f" {stage.name}" if named else ""), unit="step", leave=False, disable=not progress,
                file=sys.stderr)
     # the data workers run the transforms and the encoders' prepare on the epoch's planned batches
     batches = TrainBatches(
         functools.partial(load_batch, split, prepare_images=model.image_encoder.prepare,
                           prepare_texts=model.text_encoder.prepare, extras_wanted=extras_wanted,
-                          transforms=transforms),
+                          transforms=transforms, rows=shard_rows),
         steps_per_epoch, batch_size, resolve_workers(train.workers, split), device)
     train_mode()
     try:
-        for stage_epoch in range(train.epochs):
+        for stage_epoch in range(first_epoch, train.epochs):
             epoch = len(history)
             t_epoch, losses = time.perf_counter(), []
             perm = torch.randperm(len(trainable), generator=order_rng).numpy()
@@ -340,7 +403,9 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                         optimizer.zero_grad(set_to_none=True)
                         value = batch_loss(index, captions, loaded)[0]
                         value.backward()
-                        return value
+                        average_gradients(params)
+                        # every rank must take the same line-search decisions
+                        return torch.tensor(mean_over_ranks(value.item()))
                     loss = optimizer.step(closure)
                     scheduler.step()
                     losses.append(float(loss.detach()))
@@ -353,6 +418,7 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                     raise Diverged(f"{exc} at {where}epoch {epoch}, step {step}") from None
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                average_gradients(params)
                 if train.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
                 optimizer.step()
@@ -363,7 +429,9 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
                 on_step(losses[-1], optimizer.param_groups[0]["lr"], epoch)
                 if step % 10 == 0:
                     bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-            logs = {"epoch": epoch, "loss": float(np.mean(losses)),
+            if is_distributed():  # statistics as rank 0's, for evaluation and checkpoints
+                broadcast_state(model)
+            logs = {"epoch": epoch, "loss": mean_over_ranks(float(np.mean(losses))),
                     "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch}
             if named:
                 logs["stage"] = stage.name
@@ -376,28 +444,16 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
             history.append(logs)
             if notify is not None:
                 notify("on_epoch_end", job=job, epoch=epoch, logs=dict(logs))
+            if resume is not None and resume.every and (epoch + 1) % resume.every == 0:
+                resume.save({"stage": k, "stage_epoch": stage_epoch + 1, "history": history,
+                             "finished": dict(finished or {}), "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "loss": loss_fn.state_dict(), "sampler": sampler.state_dict(),
+                             "rng": rng_state(streams), "steps": getattr(on_step, "steps", 0)})
     finally:
         batches.close()
         bar.close()
     return loss_fn, sampler
-
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomic ``torch.save`` (temp file + rename) of tensors and plain containers only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without unpickling code (``weights_only=True``)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
-
 
 
 DRY_RUN_SAMPLES = 4

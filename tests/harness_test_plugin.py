@@ -267,15 +267,51 @@ def register_samplers(register):
     register("counting", CountingSampler)
 
 
+class EnvProbe(Evaluator):
+    """Reports the number in $HARNESS_TEST_PROBE as seen by the process that ran the job (launchers)."""
+
+    def evaluate(self, context):
+        import os
+        return {"probe": float(os.environ.get("HARNESS_TEST_PROBE", "0"))}
+
+
 @hookimpl
 def register_evaluators(register):
     register("embedding-norm", EmbeddingNorm)
+    register("env-probe", EnvProbe)
+
+
+#: batch sizes of every forward call of the `frozen-projection` encoder (feature cache tests)
+FROZEN_CALLS: list[int] = []
+
+
+class FrozenProjection(torch.nn.Module):
+    """A fixed random projection of the pixels (a buffer, nothing trains): an encoder the feature cache
+    may cache. ``weights``: a ``torch.save``d ``[pixels, embed_dim]`` tensor in place of the random one."""
+
+    modality = "image"
+
+    def __init__(self, embed_dim: int = 8, seed: int = 0, weights: str | None = None, dataset_info=None):
+        super().__init__()
+        d = int(np.prod(dataset_info.image_shape))
+        weight = torch.load(weights, weights_only=True) if weights else \
+            torch.randn(d, embed_dim, generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("weight", weight)
+        self.output_dim = weight.shape[1]
+
+    def prepare(self, raw):
+        return torch.as_tensor(np.asarray(raw)).float().flatten(1) / 255.0
+
+    def forward(self, x):
+        FROZEN_CALLS.append(len(x))
+        return x @ self.weight
 
 
 @hookimpl
 def register_encoders(register):
     register("quadrant-tokens", QuadrantTokens)
     register("word-tokens", WordTokens)
+    register("frozen-projection", FrozenProjection)
 
 
 @hookimpl
@@ -289,13 +325,15 @@ TRANSFORM_CALLS: list[tuple[bool, int]] = []
 
 
 class CountingTransform(torch.nn.Module):
-    """Records each call (to prove transforms run at training steps only) and adds uniform noise."""
+    """Records each call (to prove transforms run at training steps only) and adds uniform noise;
+    ``delay`` seconds per call slow a run down so a test can kill it mid-run."""
 
-    def __init__(self, noise: float = 0.0):
+    def __init__(self, noise: float = 0.0, delay: float = 0.0):
         super().__init__()
-        self.noise = noise
+        self.noise, self.delay = noise, delay
 
     def forward(self, images):
+        time.sleep(self.delay)
         TRANSFORM_CALLS.append((torch.is_grad_enabled(), images.shape[0]))
         return (images + self.noise * torch.rand_like(images)).clamp(0, 1)
 
@@ -315,6 +353,10 @@ def on_run_start(job):
     EVENTS.append(("run_start", job.name, job.seed))
 
 
+#: (method, epoch) after which on_epoch_end interrupts the run, as Ctrl-C would (resume tests)
+INTERRUPT_AFTER: tuple[str, int] | None = None
+
+
 @hookimpl
 def on_step_end(job, step, logs):
     EVENTS.append(("step_end", job.name, step, logs["loss"], logs["epoch"]))
@@ -323,6 +365,8 @@ def on_step_end(job, step, logs):
 @hookimpl
 def on_epoch_end(job, epoch, logs):
     EVENTS.append(("epoch_end", job.name, epoch, logs["loss"]))
+    if INTERRUPT_AFTER == (job.name, epoch):
+        raise KeyboardInterrupt
 
 
 @hookimpl

@@ -58,3 +58,16 @@ def test_podguzova_comparison_is_built_from_the_committed_results(capsys):
     assert len(rows) == 16 and all(line.count(" ± ") == 7 for line in rows)  # 3 seeds: every cell has a spread
     assert "| 16 | 0.595 / " in out and "| 1.0 | 0.610 / " in out  # the paper's published values
     assert out.strip() == (ROOT / "results" / "podguzova" / "paper-comparison.md").read_text().strip()
+
+
+def test_the_train_step_benchmark_reports_throughput_and_mfu_against_a_named_peak():
+    import json
+    import subprocess
+    import sys
+    script = Path(__file__).parent.parent / "benchmarks" / "bench_train_step.py"
+    done = subprocess.run([sys.executable, str(script), "--size", "tiny", "--steps", "1", "--warmup", "0"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["samples_per_s"] > 0 and report["model_tflops_per_step"] > 0
+    assert 0 < report["mfu"] < 1 and "TFLOPS" in report["peak"]

@@ -94,8 +94,9 @@ def test_hook_register_fusions():
 
 def test_hook_register_launchers():
     registry = Registry()
-    assert {"inline", "processes"} <= set(registry.available("launcher")["launcher"])
+    assert {"inline", "processes", "submitit"} <= set(registry.available("launcher")["launcher"])
     assert registry.create("launcher", "processes", jobs=3).jobs == 3
+    assert registry.create("launcher", "submitit", partition="gpu").parameters == {"slurm_partition": "gpu"}
 
 
 def test_hook_register_estimators():

@@ -2,7 +2,11 @@
 not a lost benchmark; bad launcher settings are config errors."""
 
 import json
+import os
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +73,76 @@ def test_cli_launcher_options(tmp_path, toy_config):
     bad = subprocess.run([*harness_cmd(), "run", str(path), "--launcher-opt", "jobs"], capture_output=True,
                          text=True, env=cli_env(), timeout=300)
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.fixture
+def jobs_find_test_plugins(monkeypatch):
+    """submitit's local jobs are new Python processes: they import the test plugins from PYTHONPATH."""
+    monkeypatch.setenv("PYTHONPATH", cli_env()["PYTHONPATH"])
+
+
+def test_submitit_local_gives_the_inline_results(tmp_path, three_seeds, jobs_find_test_plugins):
+    three_seeds["seeds"] = [0, 1]
+    inline = run(three_seeds, tmp_path / "inline", progress=False)
+    messages = []
+    cluster = run(three_seeds, tmp_path / "cluster", progress=False, launcher="submitit",
+                  launcher_options={"cluster": "local"}, echo=messages.append)
+    assert cluster.ok and [r.seed for r in cluster.results] == [0, 1]
+    for a, b in zip(inline.results, cluster.results):
+        assert a.metrics == b.metrics and [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert cluster.table == inline.table
+    assert list((tmp_path / "cluster" / "toy" / ".submitit").iterdir())  # submitit's job folders
+    again = []
+    run(three_seeds, tmp_path / "cluster", progress=False, echo=again.append)  # inline skips them
+    assert sum("already done" in m for m in again) == 2
+
+
+def test_a_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, toy_config,
+                                                                               jobs_find_test_plugins):
+    from harness.jobs import plan
+    from harness.launchers import Task
+    from harness.results import result_path
+    from harness.validation import prepare
+    from harness_plugins.launchers.cluster import Submitit
+
+    toy_config["defaults"]["train"].update(epochs=4, checkpoint_every=1, threads=1)
+    reference = run(toy_config, tmp_path / "inline", progress=False).results[0]
+    toy_config["defaults"]["train"]["transforms"] = [{"name": "counting", "delay": 0.15}]
+    spec, registry, _ = prepare(toy_config, forward_check=False)
+    path = result_path(tmp_path / "cluster", "toy", "infonce", 0)
+    launcher = Submitit(cluster="local")
+    [(task, job)] = launcher.submit([Task(index=0, job=plan(spec, registry)[0], path=path, plugins=[])])
+    checkpoint = path.with_suffix(".resume.pt")
+    deadline = time.time() + 180
+    while not checkpoint.exists() and time.time() < deadline and not job.done():
+        time.sleep(0.05)
+    assert checkpoint.exists() and not job.done()
+    # what Slurm does before preempting a job: USR2 to its processes (here the one task process that
+    # submitit's local controller started)
+    controller = job._process.pid
+    for child in Path(f"/proc/{controller}/task/{controller}/children").read_text().split():
+        os.kill(int(child), signal.SIGUSR2)
+    [(_, result)] = list(launcher.collect([(task, job)]))
+    assert result.status == "ok", result.error
+    assert "resuming from seed-0.resume.pt" in job.stderr() and "Requeued job" in job.stdout()
+    assert result.metrics == pytest.approx(reference.metrics, rel=1e-6)
+    assert [h["loss"] for h in result.history] == pytest.approx([h["loss"] for h in reference.history],
+                                                                rel=1e-6)
+    assert read_result(path).status == "ok" and not checkpoint.exists()
+
+
+def test_bad_submitit_options_are_config_errors(tmp_path, toy_config):
+    with pytest.raises(ConfigError, match="unknown option.*partiton"):
+        run(toy_config, tmp_path, progress=False, launcher="submitit",
+            launcher_options={"cluster": "local", "partiton": "gpu"})
+    with pytest.raises(ConfigError, match="timeout_min must be a positive integer"):
+        run(toy_config, tmp_path, progress=False, launcher="submitit", launcher_options={"timeout_min": 0})
+
+
+def test_workers_see_the_environment_of_the_run_that_launched_them(tmp_path, toy_config, monkeypatch):
+    toy_config["evaluators"] = [{"name": "env-probe"}]
+    toy_config["report"] = {"metrics": ["env-probe/probe"]}
+    for probe in (1, 2):  # the second run reuses the fork server started with the first one's environment
+        monkeypatch.setenv("HARNESS_TEST_PROBE", str(probe))
+        outcome = run(toy_config, tmp_path / str(probe), progress=False, launcher="processes")
+        assert outcome.results[0].metrics["env-probe/probe"] == probe

@@ -9,7 +9,7 @@ import os
 from typing import Any, Callable, Iterator
 
 from harness import hookimpl
-from harness.launchers import Launcher, Task, cpu_count, failed_result, run_task
+from harness.launchers import Launcher, Task, cpu_count, failed_result, run_task, start_fork_server
 from harness.results import RunResult
 
 
@@ -22,17 +22,27 @@ class Inline(Launcher):
 
 
 class Processes(Launcher):
-    """Up to ``jobs`` runs at once, each in its own worker process (spawned: no state leaks between
-    runs). On a CPU the cores are split between the workers (torch threads = cores // jobs, unless a
-    job sets ``train.threads``); with ``gpus`` (default: every visible CUDA device) worker k sees only
-    GPU k mod gpus. Results are the same files as ``inline``'s; with equal thread counts (set
-    ``train.threads``) the same metrics too."""
+    """Up to ``jobs`` runs at once, each in its own worker process. On a CPU the cores are split between
+    the workers (torch threads = cores // jobs, unless a job sets ``train.threads``); with ``gpus``
+    (default: every visible CUDA device) worker k sees only GPU k mod gpus. Results are the same files
+    as ``inline``'s; with equal thread counts (set ``train.threads``) the same metrics too.
 
-    def __init__(self, jobs: int = 2, gpus: int | None = None):
+    ``start``: how workers start. ``auto`` (default): on a CPU-only run, forked from a fork server
+    that imported torch, the harness and every installed plugin once (``harness run`` starts it before
+    validating the benchmark, so that the imports overlap), so a worker starts at once instead of
+    importing them again (seconds per worker on a small machine); spawned when the workers use GPUs.
+    Never forked from this process itself: a fork of a process whose OpenMP threads have run
+    deadlocks in the child's first parallel region. Or ``spawn``, ``forkserver``."""
+
+    def __init__(self, jobs: int = 2, gpus: int | None = None, start: str = "auto"):
         if int(jobs) < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs}")
+        methods = [m for m in multiprocessing.get_all_start_methods() if m != "fork"]
+        if start != "auto" and start not in methods:
+            raise ValueError(f"start must be auto or one of {', '.join(methods)}, got {start!r}")
         self.jobs = int(jobs)
         self.gpus = gpus
+        self.start = start
 
     def _gpus(self) -> int:
         if self.gpus is not None:
@@ -49,10 +59,12 @@ class Processes(Launcher):
         workers = min(self.jobs, len(tasks))
         threads = max(1, cpu_count() // workers)
         gpus = self._gpus()
-        context = multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context(self._start_method(gpus))
 
         def make_pool(slot: int) -> futures.ProcessPoolExecutor:
-            env = {"CUDA_VISIBLE_DEVICES": str(slot % gpus)} if gpus else {}
+            # this process's environment as it is now (a fork server's children would otherwise see
+            # the server's, from when it started), with the worker's GPU
+            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(slot % gpus)} if gpus else {})}
             return futures.ProcessPoolExecutor(1, mp_context=context, initializer=_set_env, initargs=(env,))
 
         # one single-worker pool per slot, so that each worker keeps its own GPU for all its runs
@@ -88,7 +100,16 @@ class Processes(Launcher):
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
+    def _start_method(self, gpus: int) -> str:
+        if self.start != "auto":
+            return self.start
+        if gpus:
+            return "spawn"
+        return "forkserver" if start_fork_server() else "spawn"
+
+
 def _set_env(env: dict[str, str]) -> None:
+    os.environ.clear()
     os.environ.update(env)
 
 
