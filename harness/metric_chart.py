@@ -1,8 +1,8 @@
 """The report metrics as bars with 95 % confidence intervals (``metrics-ci.png``, and on the
 leaderboard), from result files alone.
 
-One panel per metric, one bar per configuration (:func:`harness.tables.group_runs`): the mean over
-``ok`` seeds with the interval of :func:`harness.tables.compare_with_best` as its error bar, the best
+One panel per metric, one bar per configuration (:func:`harness.rows.group_runs`): the mean over
+``ok`` seeds with the interval of :func:`harness.significance.compare_with_best` as its error bar, the best
 bar outlined, ``†`` after the methods not significantly worse than it, the number of seeds beside each
 bar, chance as a dashed line, and rows without an ``ok`` value marked ``×`` with their statuses.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from harness.results import RunResult
-from harness.tables import (MethodRow, compare_with_best, default_metrics, directions, group_runs,
-                            units)
+from harness.rows import MethodRow, default_metrics, directions, group_runs, units
+from harness.significance import compare_with_best
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -10,7 +10,7 @@ One figure in up to three sections, each a grid of small panels (at most four ac
   horizontal bars with std error bars. Chance levels are dashed lines; failed and diverged runs are
   marked ``×`` and named, never left out.
 
-Rows come from :func:`harness.tables.group_runs`: seeds are averaged only within one configuration.
+Rows come from :func:`harness.rows.group_runs`: seeds are averaged only within one configuration.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.results import RunResult
-from harness.tables import MethodRow, default_metrics, directions, group_runs
+from harness.rows import MethodRow, default_metrics, directions, group_runs
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.axes import Axes

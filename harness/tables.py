@@ -1,22 +1,27 @@
-"""Comparison tables built from result files alone (never from memory)."""
+"""Comparison tables built from result files alone (never from memory): the rows are
+:mod:`harness.rows`', the statistics :mod:`harness.significance`'; here the decimals and the formats
+(GitHub Markdown, LaTeX booktabs, HTML, CSV) with their footnotes."""
 
 from __future__ import annotations
 
 import csv
 import html
 import io
-import json
 import math
 import statistics
-import warnings
-from collections import Counter
-from dataclasses import dataclass, replace
-from typing import Iterable, Literal, Sequence
+from typing import Literal, Sequence
 
 from tabulate import DataRow, Line, TableFormat, tabulate
 
-from harness.errors import HarnessError, did_you_mean
-from harness.results import RunResult, first_difference
+from harness.results import RunResult
+# rows and statistics are importable from here too, as they were before they had modules of their own
+from harness.rows import (MethodRow, by_benchmark, check_metrics, default_metrics, directions, environment_label,
+                          environment_letters, group_runs, units)
+from harness.significance import ALPHA, CONFIDENCE, Cell, compare_with_best, confidence_interval, worse_p_value
+
+__all__ = ["ALPHA", "CONFIDENCE", "FORMATS", "Cell", "MethodRow", "build_table", "by_benchmark", "check_metrics",
+           "column_decimals", "compare_with_best", "confidence_interval", "default_metrics", "directions",
+           "environment_label", "environment_letters", "group_runs", "units", "worse_p_value"]
 
 Format = Literal["github", "markdown", "latex", "html", "csv"]
 FORMATS: tuple[str, ...] = ("github", "latex", "html", "csv")
@@ -24,158 +29,6 @@ ALIASES: dict[str, str] = {"markdown": "github"}  # other names accepted for a f
 
 #: most decimals a column gets, however small its spread
 MAX_DECIMALS = 6
-#: level of the confidence interval of a mean over seeds
-CONFIDENCE = 0.95
-#: significance level of the one-sided "worse than the best" test over seeds
-ALPHA = 0.05
-
-
-class MethodRow:
-    """All runs of one configuration of one method of one benchmark: their statuses and per-metric
-    values over ``ok`` seeds. ``label`` is the method name, followed by the first field where its
-    configuration differs from another configuration of the same name (``infonce [train.epochs=5]``)."""
-
-    def __init__(self, method: str, runs: list[RunResult], label: str | None = None):
-        self.method = method
-        self.label = label or method
-        self.benchmark = runs[0].benchmark
-        self.runs = sorted(runs, key=lambda r: r.seed)
-        self.ok = [r for r in self.runs if r.status == "ok"]
-        self.order = min(r.method_index for r in runs)
-        self.configuration = runs[0].configuration()
-        self.sweep = runs[0].sweep
-
-    def values(self, metric: str) -> list[float]:
-        return [float(r.metrics[metric]) for r in self.ok
-                if r.metrics.get(metric) is not None and math.isfinite(r.metrics[metric])]
-
-    def by_seed(self, metric: str) -> dict[int, tuple[float, str | None]]:
-        """Seed -> (value, dataset fingerprint) of the ``ok`` runs that measured ``metric``; empty
-        when a seed occurs twice (runs merged from several folders), since then seeds cannot pair."""
-        runs = [r for r in self.ok
-                if r.metrics.get(metric) is not None and math.isfinite(r.metrics[metric])]
-        out = {r.seed: (float(r.metrics[metric]), r.dataset.fingerprint if r.dataset else None)
-               for r in runs}
-        return out if len(out) == len(runs) else {}
-
-    def mean_std(self, metric: str) -> tuple[float, float] | None:
-        values = self.values(metric)
-        if not values:
-            return None
-        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-    def environments(self) -> list[str]:
-        """The environments (:func:`environment_label`) of the ``ok`` runs, in seed order, each once."""
-        return list(dict.fromkeys(environment_label(r) for r in self.ok))
-
-    def status(self) -> str:
-        counts = Counter(r.status for r in self.runs)
-        if set(counts) == {"ok"}:
-            return "ok"
-        return ", ".join(f"{counts[s]} {s}" for s in ("ok", "diverged", "failed") if counts[s])
-
-
-def _key(configuration: dict) -> str:
-    return json.dumps(configuration, sort_keys=True, default=str)
-
-
-def group_runs(results: Iterable[RunResult]) -> list[MethodRow]:
-    """One row per (benchmark, method, configuration): runs are averaged only when everything but the
-    seed is the same (:meth:`RunResult.configuration`). A method name with several configurations
-    gives several rows, each labelled by the first field where it differs from the others."""
-    # keyed by benchmark too: two benchmarks' "infonce" runs are different experiments, never one row
-    by_config: dict[tuple[str, str], dict[str, list[RunResult]]] = {}
-    for r in results:
-        by_config.setdefault((r.benchmark, r.method), {}).setdefault(_key(r.configuration()), []).append(r)
-    rows = []
-    for (_, method), groups in by_config.items():
-        if len(groups) == 1:
-            rows.append(MethodRow(method, next(iter(groups.values()))))
-            continue
-        configs = [runs[0].configuration() for runs in groups.values()]
-        labels = [f"{method} [{_distinguishing(config, configs)}]" for config in configs]
-        for i, (runs, label) in enumerate(zip(groups.values(), labels)):
-            unique = label if labels.count(label) == 1 else f"{label} #{i + 1}"
-            rows.append(MethodRow(method, runs, unique))
-    return sorted(rows, key=lambda row: (row.benchmark, row.order, row.label))
-
-
-def _distinguishing(config: dict, others: list[dict]) -> str:
-    """``field=value`` for the first field in which ``config`` differs from another configuration."""
-    for other in others:
-        found = first_difference(config, other) if other is not config else None
-        if found:
-            path, value, _ = found
-            text = str(value)
-            return f"{path.removeprefix('method.')}={text if len(text) <= 16 else text[:12] + '…'}"
-    return "?"
-
-
-def environment_label(result: RunResult) -> str:
-    """The environment a run computed in, for telling environments apart: its fingerprint with a summary,
-    or, for files written before environments were recorded, the torch and Python they name."""
-    env, prov = result.provenance.environment, result.provenance
-    if env is not None:
-        return f"{env.fingerprint}: {env.summary()}"
-    return f"torch {prov.torch}, Python {prov.python} (no fingerprint recorded)"
-
-
-def environment_letters(rows: Sequence[MethodRow]) -> dict[str, str]:
-    """Environment label -> ``A``, ``B``, … in order of appearance over the rows' ``ok`` runs."""
-    labels = dict.fromkeys(label for row in rows for label in row.environments())
-    return {label: _letter(i) for i, label in enumerate(labels)}
-
-
-def _letter(i: int) -> str:
-    return chr(ord("A") + i) if i < 26 else f"E{i + 1}"
-
-
-def by_benchmark(results: Iterable[RunResult]) -> dict[str, list[RunResult]]:
-    """Results split by benchmark name, in name order."""
-    groups: dict[str, list[RunResult]] = {}
-    for r in results:
-        groups.setdefault(r.benchmark, []).append(r)
-    return dict(sorted(groups.items()))
-
-
-def default_metrics(results: Sequence[RunResult]) -> list[str]:
-    """The benchmark's ``report.metrics`` when the files carry them, else every metric seen."""
-    for r in results:
-        if r.report_metrics:
-            return list(r.report_metrics)
-    seen: dict[str, None] = {}
-    for r in results:
-        seen.update(dict.fromkeys(r.metrics))
-    return list(seen)
-
-
-def check_metrics(results: Sequence[RunResult], metrics: Sequence[str]) -> None:
-    """Reject requested metrics that no result measured (a typo would otherwise be a silent "—"
-    column). Only the ``metrics`` of the files count, not their ``report_metrics``: a name listed there
-    that no run measured is a typo too. A metric missing only from failed runs is fine."""
-    known: dict[str, None] = {}
-    for r in results:
-        known.update(dict.fromkeys(r.metrics))
-    unknown = [m for m in metrics if m not in known]
-    if unknown:
-        names = ", ".join(f"{m!r}{did_you_mean(m, known)}" for m in unknown)
-        raise HarnessError(f"unknown metric{'s' if len(unknown) > 1 else ''} {names}; "
-                           f"available: {', '.join(known) or 'none'}")
-
-
-def directions(results: Sequence[RunResult]) -> dict[str, bool]:
-    out: dict[str, bool] = {}
-    for r in results:
-        out.update(r.higher_is_better)
-    return out
-
-
-def units(results: Sequence[RunResult]) -> dict[str, str]:
-    """Metric -> unit ("%") as the evaluators declared them (older files declare none)."""
-    out: dict[str, str] = {}
-    for r in results:
-        out.update(r.units)
-    return out
 
 
 def column_decimals(rows: Sequence[MethodRow], metric: str) -> int:
@@ -194,107 +47,6 @@ def column_decimals(rows: Sequence[MethodRow], metric: str) -> int:
             return 2
         scale, significant = statistics.median(magnitudes), 3
     return min(max(significant - 1 - math.floor(math.log10(scale)), 0), MAX_DECIMALS)
-
-
-def confidence_interval(values: Sequence[float], level: float = CONFIDENCE) -> tuple[float, float] | None:
-    """The ``level`` confidence interval of the mean of ``values`` (seeds), from the t distribution:
-    mean ± t_{(1+level)/2, n-1} · s / √n, s the sample std. ``None`` for fewer than 2 values."""
-    n = len(values)
-    if n < 2:
-        return None
-    from scipy.stats import t
-    mean, std = statistics.fmean(values), statistics.stdev(values)
-    half = float(t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n)
-    return mean - half, mean + half
-
-
-def worse_p_value(values: Sequence[float], best: Sequence[float], higher_is_better: bool,
-                  paired: bool) -> float:
-    """One-sided p-value of "``values`` is worse than ``best``" (lower mean when higher is better,
-    higher mean otherwise): ``scipy.stats.ttest_rel`` on seed-paired lists when ``paired``, else Welch's
-    ``ttest_ind(equal_var=False)``. With no spread at all (constant differences, or both sides
-    constant) the t statistic is undefined or infinite: a worse mean is then certain (p 0), an equal
-    one is not worse (p 1). Each side needs at least 2 values."""
-    from scipy.stats import ttest_ind, ttest_rel
-    alternative = "less" if higher_is_better else "greater"
-    with warnings.catch_warnings():  # "precision loss ... nearly identical", division by zero
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if paired:
-            result = ttest_rel(values, best, alternative=alternative)
-        else:
-            result = ttest_ind(values, best, equal_var=False, alternative=alternative)
-    p = float(result.pvalue)
-    if math.isnan(p):
-        difference = statistics.fmean(values) - statistics.fmean(best)
-        return 0.0 if (difference < 0 if higher_is_better else difference > 0) else 1.0
-    return p
-
-
-@dataclass(frozen=True)
-class Cell:
-    """The statistics of one row of one metric's column. ``best``: the row's mean (unrounded) is the
-    column's best. ``tied``: marked as not significantly worse than the best (the best rows are).
-    ``test``: how the row was compared with the best: ``paired`` (t-test over seeds paired by seed:
-    the same seeds and dataset fingerprints), ``welch`` (Welch's t-test), ``none`` (the best itself,
-    no value, or fewer than 2 seeds on a side). ``p``: the one-sided p-value of that test."""
-
-    n: int = 0
-    mean: float | None = None
-    std: float | None = None
-    ci: tuple[float, float] | None = None
-    best: bool = False
-    tied: bool = False
-    test: Literal["paired", "welch", "none"] = "none"
-    p: float | None = None
-
-
-def compare_with_best(rows: Sequence[MethodRow], metric: str, higher_is_better: bool = True,
-                      alpha: float = ALPHA) -> list[Cell]:
-    """One :class:`Cell` per row, in order: mean, sample std, 95 % confidence interval of the mean,
-    and whether the row is significantly worse than the column's best at level ``alpha``.
-
-    The best is the row with the best mean (unrounded; among equal means the one with most seeds, then
-    the first); every row with that mean is a best and is marked. Every other row is tested against
-    it, one-sided in the direction of "worse" (:func:`worse_p_value`): paired by seed when both have
-    values for exactly the same seeds (at least 2) and each seed's dataset fingerprint is known and the
-    same on both sides, else Welch's test; with fewer than 2 seeds on either side there is no test and
-    no mark. A row is marked when p ≥ ``alpha``. No correction for multiple comparisons."""
-    cells: list[Cell] = []
-    for row in rows:
-        values = row.values(metric)
-        if not values:
-            cells.append(Cell())
-            continue
-        mean, std = statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-        cells.append(Cell(len(values), mean, std, confidence_interval(values)))
-    means = [c.mean for c in cells if c.mean is not None]
-    if not means:
-        return cells
-    best_mean = max(means) if higher_is_better else min(means)
-    reference = max((i for i, c in enumerate(cells) if c.mean == best_mean),
-                    key=lambda i: (cells[i].n, -i))
-    best_seeds = rows[reference].by_seed(metric)
-    best_values = rows[reference].values(metric)
-    out = []
-    for row, cell in zip(rows, cells):
-        if cell.mean is None:
-            out.append(cell)
-        elif cell.mean == best_mean:
-            out.append(replace(cell, best=True, tied=True))
-        elif cell.n < 2 or len(best_values) < 2:
-            out.append(cell)
-        else:
-            seeds = row.by_seed(metric)
-            paired = (bool(seeds) and seeds.keys() == best_seeds.keys() and all(
-                seeds[s][1] is not None and seeds[s][1] == best_seeds[s][1] for s in seeds))
-            if paired:
-                order = sorted(seeds)
-                p = worse_p_value([seeds[s][0] for s in order], [best_seeds[s][0] for s in order],
-                                  higher_is_better, paired=True)
-            else:
-                p = worse_p_value(row.values(metric), best_values, higher_is_better, paired=False)
-            out.append(replace(cell, tied=p >= alpha, test="paired" if paired else "welch", p=p))
-    return out
 
 
 def _fixed(x: float, decimals: int) -> str:

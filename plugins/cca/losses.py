@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness_plugins.contrastive.losses import _full_precision
+from harness_plugins.contrastive.scores import _full_precision
 
 # --- Deep CCA loss ------------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from torch import nn
 from harness import hookimpl
 from harness.components import FalseNegatives, Sampler, TokenFeatures
 from harness.distributed import all_gather, all_gather_with_offset
-from harness_plugins.contrastive.losses import Negatives, check_flag
+from harness_plugins.contrastive.scores import Negatives, check_flag
 
 
 def _require_pooled(sampler: Sampler, image_emb, text_emb) -> None:

@@ -26,7 +26,7 @@ from torch import nn
 from harness.components import FalseNegatives, TokenFeatures
 from harness.errors import UnknownComponentError
 from harness.model import to_device
-from harness_plugins.contrastive.losses import check_flag
+from harness_plugins.contrastive.scores import check_flag
 from harness_plugins.datasets.shapes_relevance import caption_relevance
 from harness_plugins.encoders.heads import mlp_layers
 from harness_plugins.evaluators.minimal_pairs import KINDS, SCENE_EXTRAS, edit_candidates

@@ -13,7 +13,7 @@ from harness import hookimpl
 from harness.components import FalseNegatives, TokenFeatures
 from harness.distributed import all_gather, all_gather_tokens
 from harness.metrics import MATCHMAP_POOLINGS, matchmap_scores
-from harness_plugins.contrastive.losses import check_flag
+from harness_plugins.contrastive.scores import check_flag
 
 NEEDS_TOKENS = "matchmap needs token/location features: set the encoders' pool to none"
 
