@@ -30,6 +30,11 @@ def describe_field(field: str | None, line: int | None = None, override: str | N
     return (f"{field} ({note})" if note else field) if field else note
 
 
+class MissingDataError(ConfigError):
+    """A dataset's local file or folder is not on this machine: the data is missing, which says nothing
+    against the rest of the configuration (``harness validate`` checks that much without it)."""
+
+
 class UnknownComponentError(ConfigError):
     """A kind, name or parameter that no plugin provides."""
 

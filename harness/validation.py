@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 
 from harness.components import Sampler, transform_extras
 from harness.config import BenchmarkSpec, ComponentSpec, load_benchmark
-from harness.errors import ConfigError, HarnessError, did_you_mean
+from harness.errors import ConfigError, HarnessError, MissingDataError, did_you_mean
 from harness.jobs import encoder_context, encoder_head, get_dataset
 from harness.model import DualEncoder, HeadedEncoder
 from harness.registry import PluginImportError, Registry, load_plugins
@@ -17,14 +17,18 @@ from harness.training import DRY_RUN_SAMPLES, dry_run, freeze, masks_false_negat
 
 
 def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | None = None, *,
-                        forward_check: bool = True) -> None:
+                        forward_check: bool = True, data: bool = True) -> None:
     """Resolve and build every component, without training: names, parameter names and values, and
     (``forward_check``) whether each method's encoders, loss and sampler work together on this
     dataset, by one forward pass on a few training samples. The first problem raises a
     :class:`ConfigError` naming its field.
 
     ``harness run`` skips the forward check: there an exception in one method's code marks that
-    method's runs ``failed`` and the others still train, while ``harness validate`` reports it."""
+    method's runs ``failed`` and the others still train, while ``harness validate`` reports it.
+
+    ``data=False`` checks what needs no dataset (for data that is not on this machine): every
+    component's name, parameter names and types, the evaluators and report metrics; the dataset is
+    neither read nor built."""
 
     def error(message: str, field: str) -> ConfigError:  # with where the field was written
         return ConfigError(message, file=file, field=field, **spec.locate(field))
@@ -75,9 +79,15 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
         registry.get("dataset", spec.dataset.name)  # unknown name: "did you mean" before building
     except ConfigError as exc:
         raise error(exc.message, "dataset.name") from None
+    if not data:
+        _check_without_data(spec, registry, error)
+        return
     try:
         dataset, _ = get_dataset(spec.dataset.model_dump(), registry)
         splits = {name: dataset.split(name) for name in {"train", *spec.eval_splits}}
+    except MissingDataError as exc:
+        field = f"dataset.{exc.field or 'name'}"
+        raise MissingDataError(exc.message, file=file, field=field, **spec.locate(field)) from None
     except ConfigError as exc:
         raise error(exc.message, f"dataset.{exc.field or 'name'}") from None
     except Exception as exc:
@@ -187,6 +197,46 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
                             f"with {_describe(exc)}", at) from None
 
 
+def _check_without_data(spec: BenchmarkSpec, registry: Registry, error: Any) -> None:
+    """The checks of :func:`validate_components` that need no dataset: each component's name, parameter
+    names and parameter types (context parameters such as ``dataset_info`` are the runner's to give)."""
+
+    def check(kind: str, comp: ComponentSpec | None, field: str) -> None:
+        if comp is None or comp.name is None:
+            return
+        try:
+            component = registry.get(kind, comp.name)
+            component.check_params(comp.params)
+            component.check_types(comp.params)
+        except ConfigError as exc:
+            sub = exc.field if exc.field and exc.field != "name" else None
+            raise error(exc.message, f"{field}.{sub}" if sub else f"{field}.name") from None
+
+    def check_encoder(comp: ComponentSpec, field: str) -> None:
+        try:
+            base, head, _ = encoder_head(ComponentSpec.model_validate(comp.model_dump()))
+        except ValueError as exc:
+            raise error(str(exc), f"{field}.head") from None
+        check("encoder", base, field)
+        check("head", head, f"{field}.head")
+
+    params = {k: v for k, v in spec.dataset.model_dump().items() if k != "name"}
+    check("dataset", ComponentSpec(name=spec.dataset.name, **params), "dataset")
+    for m in spec.methods:
+        where = f"methods[{m.name}]"
+        check_encoder(m.encoders.image, f"{where}.encoders.image")
+        check_encoder(m.encoders.text, f"{where}.encoders.text")
+        check("estimator", m.estimator, f"{where}.estimator")
+        for key, comp in m.heads.items():
+            check("head", comp, f"{where}.heads.{key}")
+        for stage in ([] if m.estimator is not None else m.stage_list()):
+            at = f"{where}.stages[{stage.name}]" if m.stages is not None else where
+            check("loss", stage.loss, f"{at}.loss")
+            check("sampler", stage.sampler, f"{at}.sampler")
+            for i, comp in enumerate(m.stage_train(stage).transforms):
+                check("transform", comp, f"{at}.train.transforms[{i}]")
+
+
 def check_report_metrics(spec: BenchmarkSpec, evaluators: Mapping[str, Any], file: str | None) -> None:
     """Each ``report.metrics`` entry must be ``[SPLIT/]EVALUATOR/METRIC`` with an evaluator of the
     benchmark, a split of ``eval_splits`` (test metrics have no prefix) and a metric the evaluator
@@ -228,9 +278,10 @@ def load_cli_plugins(modules: Iterable[str]) -> Registry:
 
 
 def prepare(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] = (),
-            plugins: Iterable[str] = (), forward_check: bool = True
+            plugins: Iterable[str] = (), forward_check: bool = True, data: bool = True
             ) -> tuple[BenchmarkSpec, Registry, str | None]:
-    """Load, validate and resolve a benchmark (what ``harness validate`` does)."""
+    """Load, validate and resolve a benchmark (what ``harness validate`` does); ``data=False``: without
+    reading the dataset (see :func:`validate_components`)."""
     spec, file = load_benchmark(config, overrides)
     registry = load_cli_plugins(plugins)
     for i, module in enumerate(spec.plugins):
@@ -239,6 +290,6 @@ def prepare(config: str | Path | Mapping[str, Any], *, overrides: Iterable[str] 
         except PluginImportError as exc:
             raise ConfigError(f"cannot load plugin module {module!r}: {exc.error}", file=file,
                               field=f"plugins[{i}]") from None
-    validate_components(spec, registry, file, forward_check=forward_check)
+    validate_components(spec, registry, file, forward_check=forward_check, data=data)
     return spec, registry, file
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, MissingDataError
 from harness.validation import prepare
 
 from conftest import ROOT
@@ -18,14 +18,17 @@ FILES = sorted((ROOT / "benchmarks").glob("*.yaml"))
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
 def test_shipped_benchmark_files_validate(path: Path):
     if path.name in NEEDS_LOCAL_DATA:  # until --set gives the paths: the annotations file is missing
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(MissingDataError) as info:
             prepare(path)
         assert info.value.field == "dataset.annotations" and "file not found" in str(info.value)
+        spec, _, _ = prepare(path, data=False)  # everything else is checked without the data
+        assert spec.methods and spec.report.metrics
         return
     if path.name == "fashion-mnist.yaml" and not FASHION_MNIST.is_dir():
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(MissingDataError) as info:
             prepare(path)
         assert info.value.field == "dataset.directory" and "apt-get install dataset-fashion-mnist" in str(info.value)
+        prepare(path, data=False)
         return
     spec, _, _ = prepare(path)  # raises ConfigError naming the field if anything is off
     assert spec.methods and spec.report.metrics
@@ -42,6 +45,29 @@ def test_coco_and_flickr30k_validate_on_karpathy_files_given_with_set(tmp_path, 
         forward_check=coco)  # the two files share their methods: one forward pass check is enough
     assert [m.name for m in spec.methods] == ["infonce", "vse++", "moco"]
     assert spec.dataset.name == "karpathy" and spec.eval_splits == ["val", "test"]
+
+
+def test_validate_without_the_data_checks_the_rest_and_says_the_data_is_missing(capsys):
+    """`harness validate` on a committed real-data benchmark on a machine without the data: exit 0,
+    "data not checked" naming the missing file's field; a wrong parameter is still an error (exit 2)."""
+    from harness.cli import main
+
+    path = str(ROOT / "benchmarks" / "coco.yaml")
+    assert main(["validate", path]) == 0
+    out = capsys.readouterr().out
+    assert "configuration ok, data not checked" in out and "dataset.annotations" in out
+    assert "file not found" in out and "--set dataset.annotations=" in out
+    assert main(["validate", path, "--set", "methods.0.loss.temperatur=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "methods[infonce].loss.temperatur" in err and "did you mean 'temperature'" in err
+    assert main(["validate", path, "--set", "dataset.restval=maybe"]) == 2  # dataset parameters' types too
+    assert "dataset.restval" in capsys.readouterr().err
+
+
+def test_a_folder_given_for_a_file_is_a_config_error_not_missing_data(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        prepare(ROOT / "benchmarks" / "coco.yaml", overrides=[f"dataset.annotations={tmp_path}"])
+    assert not isinstance(info.value, MissingDataError) and "(it is a folder)" in str(info.value)
 
 
 def test_podguzova_comparison_is_built_from_the_committed_results(capsys):

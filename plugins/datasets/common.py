@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import ConfigDict, ValidationError, validate_call
 
 from harness.data import Dataset, DatasetInfo, Split
-from harness.errors import ConfigError
+from harness.errors import ConfigError, MissingDataError
 from harness.sources import GazeMaps, ImageFiles
 
 SPLITS = ("train", "val", "test")
@@ -48,15 +48,19 @@ def typed_params(init: Callable[..., None]) -> Callable[..., None]:
 def existing_file(path: str, field: str) -> Path:
     """``path`` as a Path, or a :class:`ConfigError` at ``field`` when there is no such file."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"file not found: {p} (it is a folder)", field=field)
     if not p.is_file():
-        raise ConfigError(f"file not found: {p}" + (" (it is a folder)" if p.is_dir() else ""), field=field)
+        raise MissingDataError(f"file not found: {p}", field=field)
     return p
 
 
 def existing_dir(path: str, field: str) -> Path:
     p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"folder not found: {p} (it is a file)", field=field)
     if not p.is_dir():
-        raise ConfigError(f"folder not found: {p}", field=field)
+        raise MissingDataError(f"folder not found: {p}", field=field)
     return p
 
 

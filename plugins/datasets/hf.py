@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness import hookimpl
 from harness.data import DatasetInfo, Split
-from harness.errors import ConfigError
+from harness.errors import ConfigError, MissingDataError
 from harness.sources import HFImages
 from harness_plugins.datasets.common import SPLITS, FileDataset, caption_vocab, positive, typed_params
 
@@ -90,7 +90,7 @@ def load_saved(path: str):
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"folder not found: {folder}", field="path")
+        raise MissingDataError(f"folder not found: {folder}", field="path")
     try:
         saved = datasets.load_from_disk(str(folder))
     except Exception as exc:  # not a saved dataset, or a damaged one

@@ -17,7 +17,7 @@ import numpy as np
 
 from harness import hookimpl
 from harness.data import Dataset, DatasetInfo, Split
-from harness.errors import ConfigError
+from harness.errors import ConfigError, MissingDataError
 from harness.sources import ResizedImages
 from harness_plugins.datasets.common import caption_vocab, positive, typed_params
 
@@ -91,7 +91,7 @@ class IdxImages(Dataset):
         folder = Path(directory).expanduser()
         if not folder.is_dir():
             hint = f" ({INSTALL_HINT})" if directory == FASHION_MNIST_DIR else ""
-            raise ConfigError(f"folder not found: {folder}{hint}", field="directory")
+            raise MissingDataError(f"folder not found: {folder}{hint}", field="directory")
         data = {}
         for part, (images_stem, labels_stem) in FILES.items():
             images = read_idx(find_idx(folder, images_stem))
