@@ -564,3 +564,71 @@ def test_relation_metrics_are_left_out_for_methods_without_relation_heads(tmp_pa
     result = harness.run(config, tmp_path, progress=False).results[0]
     assert result.status == "ok", result.error  # not applicable, not a failure
     assert not any(m.startswith("relation/") for m in result.metrics) and "retrieval/rsum" in result.metrics
+
+
+def test_object_phrases_are_the_objects_names_on_visual_genome_style_extras():
+    """With ``obj_name`` the phrases are the dataset's object names (padding and -1 slots left out);
+    without it, shapes' attribute phrases; an id beyond ``object_names`` is a clear error."""
+    from harness_plugins.grounding.relation_objects import object_phrases
+
+    names = ["man", "horse", "shirt"]
+    ids, text_of = object_phrases({"n_objects": torch.tensor([2, 1]), "obj_name": torch.tensor([[1, 0, 2], [2, -1, 0]])},
+                                  names)
+    assert ids.tolist() == [[1, 0, -1], [2, -1, -1]] and [text_of(i) for i in (0, 1, 2)] == names
+    x = {k: torch.as_tensor(v) for k, v in generate_split("train", 4, image_size=32, seed=0).extras.items()}
+    ids, text_of = object_phrases(x)
+    assert torch.equal(ids, object_phrase_ids(x["n_objects"], x["obj_color"], x["obj_shape"], x["obj_size"]))
+    with pytest.raises(ValueError, match="object name id 2 in the data, but the dataset names 2 objects"):
+        object_phrases({"n_objects": torch.tensor([1]), "obj_name": torch.tensor([[2]])}, names[:2])
+    with pytest.raises(ValueError, match="need obj_name, or obj_color, obj_shape and obj_size"):
+        object_phrases({"n_objects": torch.tensor([1]), "obj_color": torch.tensor([[0]])})
+
+
+def test_relation_method_trains_and_evaluates_on_visual_genome_files(tmp_path):
+    """The relation module on the visual-genome loader (files in the published layout): object phrases are
+    the objects' names, predicates the dataset's; the loss trains and the evaluator scores every pair."""
+    import real_formats as rf
+
+    files = rf.visual_genome_files(tmp_path, n_images=16)
+    config = {
+        "name": "vg-relations",
+        "dataset": {"name": "visual-genome", "image_data": str(files["image_data"]),
+                    "relationships": str(files["relationships"]), "objects": str(files["objects"]),
+                    "images": str(tmp_path), "val_size": 0, "test_size": 6, "image_size": 32, "max_objects": 5},
+        "seeds": [0],
+        "methods": [{
+            "name": "relation",
+            "encoders": {"image": {"name": "small-cnn", "channels": [8, 16], "pool": "none"},
+                         "text": {"name": "gru", "word_dim": 8, "hidden_dim": 8, "pool": "none"}},
+            "embed_dim": 16,
+            "heads": {"grounding": {"name": "cross-attention", "heads": 2},
+                      "relation": {"name": "bilinear-relation", "rank": 8}},
+            "stages": [{"name": "pretrain", "loss": {"name": "matchmap"}},
+                       {"name": "relations", "loss": {"name": "relation", "pair_weight": 0.5},
+                        "freeze": ["image_encoder", "text_encoder"]}],
+            "train": {"epochs": 2, "batch_size": 5, "lr": 3e-3, "threads": 1},
+        }],
+        "evaluators": [{"name": "relation"}],
+    }
+    outcome = harness.run(config, tmp_path / "out", progress=False)
+    assert outcome.ok, [r.error for r in outcome.results]
+    result = outcome.results[0]
+    assert [h["stage"] for h in result.history] == ["pretrain"] * 2 + ["relations"] * 2
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    assert 0 <= result.metrics["relation/accuracy"] <= 100 and 0 <= result.metrics["relation/pair_accuracy"] <= 100
+    assert result.chance["relation/accuracy"] == pytest.approx(100 / 4)  # 4 predicates ("ON" = "on")
+
+    # the phrases the loss and the evaluator ground are the dataset's object names
+    registry = Registry()
+    data = registry.create("dataset", "visual-genome", **{k: v for k, v in config["dataset"].items() if k != "name"})
+    evaluator = RelationEvaluator()
+    split = data.split("test")
+    evaluator.check_split(split)
+    from harness_plugins.grounding.relation_objects import object_phrases
+    ids, text_of = object_phrases({k: torch.as_tensor(split.extras[k]) for k in ("n_objects", "obj_name")},
+                                  data.info.object_names)
+    seen = sorted({text_of(i) for i in ids[ids >= 0].tolist()})
+    assert seen and set(seen) <= {"man", "horse", "shirt", "street", "tree", "car"}
+    with pytest.raises(ValueError, match="lacks n_objects, relations"):
+        evaluator.check_split(Split(name="test", images=np.zeros((1, 3, 4, 4), np.uint8), texts=["a"],
+                                    text_to_image=np.zeros(1, np.int64), extras={}))

@@ -10,10 +10,9 @@ import torch
 from harness.components import EvalContext, Evaluator, TokenFeatures
 from harness.model import take
 from harness_plugins.grounding.relation_heads import resolve_predicates
-from harness_plugins.grounding.relation_objects import (annotated_pairs, competitors, find_heads,
-                                                        object_phrase_ids, object_queries, pool_text)
-
-NEEDED_EXTRAS = ("n_objects", "obj_color", "obj_shape", "obj_size", "relations")
+from harness_plugins.grounding.relation_objects import (ATTRIBUTE_EXTRAS, NAME_EXTRAS, annotated_pairs,
+                                                        competitors, find_heads, missing_object_extras,
+                                                        object_phrases, object_queries, pool_text)
 
 
 def relation_outcomes(pairwise: torch.Tensor, relations: Any, n_objects: Any) -> dict[str, torch.Tensor]:
@@ -51,11 +50,13 @@ def relation_metrics(outcomes: dict[str, torch.Tensor], is_holdout: Any = None) 
 
 def _split_annotations(context: EvalContext) -> dict[str, torch.Tensor]:
     extras = context.split.extras
-    missing = [name for name in NEEDED_EXTRAS if name not in extras]
+    missing = missing_object_extras(extras)
     if missing:
-        raise ValueError(f"the relation evaluator needs per-image {', '.join(NEEDED_EXTRAS)}; dataset "
+        raise ValueError(f"the relation evaluator needs per-image n_objects, relations and the objects' "
+                         f"names (obj_name) or attributes ({', '.join(ATTRIBUTE_EXTRAS)}); dataset "
                          f"{context.dataset_info.name!r} split {context.split.name!r} lacks {', '.join(missing)}")
-    return {name: torch.as_tensor(np.asarray(extras[name])).long() for name in NEEDED_EXTRAS}
+    names = ("n_objects", "relations", *(NAME_EXTRAS if "obj_name" in extras else ATTRIBUTE_EXTRAS))
+    return {name: torch.as_tensor(np.asarray(extras[name])).long() for name in names}
 
 
 class RelationEvaluator(Evaluator):
@@ -81,6 +82,13 @@ class RelationEvaluator(Evaluator):
     def metric_names(self) -> list[str]:
         return ["accuracy", "pair_accuracy", "accuracy_holdout", "pair_accuracy_holdout"]
 
+    def check_split(self, split: Any) -> None:
+        missing = missing_object_extras(split.extras)
+        if missing:
+            raise ValueError(f"the relation evaluator needs a dataset with objects and relations (per-image "
+                             f"n_objects, relations and obj_name, as visual-genome has, or shapes' object "
+                             f"attributes); split {split.name!r} lacks {', '.join(missing)}")
+
     def _heads(self, context: EvalContext) -> tuple[torch.nn.Module, torch.nn.Module]:
         return find_heads(getattr(context.model, "heads", None), self.attention_head, self.relation_head)
 
@@ -104,9 +112,9 @@ class RelationEvaluator(Evaluator):
             return {}  # a method without relation heads (none, or only others such as a matcher)
         attention, relation = self._heads(context)
         annotations = _split_annotations(context)
-        ids = object_phrase_ids(annotations["n_objects"], annotations["obj_color"],
-                                annotations["obj_shape"], annotations["obj_size"])
-        queries, query_mask = object_queries(ids, lambda phrases: pool_text(context.model.embed_texts(phrases)))
+        ids, text_of = object_phrases(annotations, context.dataset_info.object_names)
+        queries, query_mask = object_queries(ids, lambda phrases: pool_text(context.model.embed_texts(phrases)),
+                                             text_of)
         modes = [(head, head.training) for head in (attention, relation)]
         for head, _ in modes:
             head.eval()

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.data import DatasetInfo
 from harness_plugins.datasets.shapes import COLORS, SHAPES
 from harness_plugins.grounding.relation_objects import (annotated_pairs, embed_phrases, find_heads,
-                                                        object_phrase_ids, object_queries)
+                                                        object_phrases, object_queries)
 
 
 def predicate_cross_entropy(scores: torch.Tensor, predicate: torch.Tensor,
@@ -37,21 +38,23 @@ class RelationLoss(nn.Module):
 
     L = 1/T Σ_t [CE_t + λ_pair · pair_t] + λ_obj · L_obj, over the T annotated (s, p, o) pairs of the batch:
     x_t[p] = score_p(g_s, g_o) (the ``bilinear-relation`` head) on grounded objects g = the
-    ``cross-attention`` head with the object phrases ("small red circle", embedded by the text encoder,
-    the mean of their real tokens) as queries and the image locations as keys/values;
+    ``cross-attention`` head with the object phrases (``shapes``: "small red circle"; Visual Genome: the
+    object's name from ``obj_name``; embedded by the text encoder, the mean of their real tokens) as
+    queries and the image locations as keys/values;
     CE_t = −log softmax_p(x_t/τ)[p_t];
     pair_t = −log exp(x_t[p_t]/τ) / Σ_{u ∈ {t} ∪ {u: p_u ≠ p_t}} exp(x_u[p_t]/τ) (same predicate,
     other pairs of the batch that stand in another relation);
     L_obj = 1/K Σ_k ½ [CE(W_c g_k, colour_k) + CE(W_s g_k, shape_k)] over the K real objects
-    (linear classifiers, built only when ``object_weight`` > 0).
+    (linear classifiers, built only when ``object_weight`` > 0; ``shapes`` objects only).
     ``attention_head`` / ``relation_head`` name the method's heads; a batch without an annotated pair
     contributes only L_obj. Needs location features ``[B, L, D]`` from the image encoder.
     """
 
     def __init__(self, attention_head: str = "grounding", relation_head: str = "relation",
                  pair_weight: float = 1.0, object_weight: float = 0.0, temperature: float = 1.0,
-                 embed_dim: int = 64):
+                 embed_dim: int = 64, dataset_info: DatasetInfo | None = None):
         super().__init__()
+        self.object_names = list(dataset_info.object_names) if dataset_info is not None else []
         for name, value in (("pair_weight", pair_weight), ("object_weight", object_weight)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
@@ -65,8 +68,9 @@ class RelationLoss(nn.Module):
             self.shape_classifier = nn.Linear(embed_dim, len(SHAPES))
 
     def forward(self, image_feats: torch.Tensor, text_feats: Any, *, model: nn.Module, heads: Any,
-                n_objects: torch.Tensor, obj_shape: torch.Tensor, obj_color: torch.Tensor,
-                obj_size: torch.Tensor, relations: torch.Tensor, image_mask: torch.Tensor | None = None,
+                n_objects: torch.Tensor, relations: torch.Tensor, obj_shape: torch.Tensor | None = None,
+                obj_color: torch.Tensor | None = None, obj_size: torch.Tensor | None = None,
+                obj_name: torch.Tensor | None = None, image_mask: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None) -> torch.Tensor:
         if image_feats.dim() != 3:
             raise ValueError(f"the relation loss grounds objects in image locations: it needs location "
@@ -74,9 +78,10 @@ class RelationLoss(nn.Module):
                              f"image encoder's `pool: none`)")
         attention, relation = find_heads(heads, self.attention_head, self.relation_head)
         device = image_feats.device
-        ids = object_phrase_ids(n_objects, obj_color, obj_shape, obj_size).to(device)
+        ids, text_of = object_phrases({"n_objects": n_objects, "obj_color": obj_color, "obj_shape": obj_shape,
+                                       "obj_size": obj_size, "obj_name": obj_name}, self.object_names)
         queries, query_mask = object_queries(
-            ids, lambda phrases: embed_phrases(model.text_encoder, phrases, device))
+            ids.to(device), lambda phrases: embed_phrases(model.text_encoder, phrases, device), text_of)
         grounded = attention(queries.to(image_feats.dtype), query_mask, image_feats, image_mask)
         return self.loss_from_grounded(grounded, relation, relations, n_objects, obj_color, obj_shape)
 

@@ -1,10 +1,11 @@
-"""Shared plumbing of the relation loss and evaluator: object phrases of ``shapes`` scenes, their
-embedding by the language stream, the method's grounding heads, and the annotated (subject, object)
-pairs with their competing objects."""
+"""Shared plumbing of the relation loss and evaluator: the objects' phrases (``shapes`` scenes: "small
+red circle" from each object's size, colour and shape; Visual Genome: the object's name, ``obj_name``
+into ``info.object_names``), their embedding by the language stream, the method's grounding heads, and
+the annotated (subject, object) pairs with their competing objects."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -36,6 +37,40 @@ def object_phrase_ids(n_objects: Any, obj_color: Any, obj_shape: Any, obj_size: 
     return torch.where(real, ids, torch.full_like(ids, -1))
 
 
+#: per-image extras that name each object: Visual Genome's names, or shapes' attributes
+NAME_EXTRAS = ("obj_name",)
+ATTRIBUTE_EXTRAS = ("obj_color", "obj_shape", "obj_size")
+
+
+def missing_object_extras(extras: Mapping[str, Any]) -> list[str]:
+    """What ``extras`` lack for object phrases and relations (empty when they have all they need)."""
+    missing = [name for name in ("n_objects", "relations") if name not in extras]
+    if "obj_name" not in extras and any(name not in extras for name in ATTRIBUTE_EXTRAS):
+        missing.append("obj_name (or obj_color, obj_shape and obj_size)")
+    return missing
+
+
+def object_phrases(annotations: Mapping[str, Any], object_names: Sequence[str] = ()
+                   ) -> tuple[torch.Tensor, Callable[[int], str]]:
+    """``[B, M]`` phrase ids of each image's objects (-1 for padding) and the phrase of an id: from
+    ``obj_name`` (an index into ``object_names``) when the annotations have it, else from shapes'
+    ``obj_color``/``obj_shape``/``obj_size`` (:func:`phrase_text`)."""
+    if annotations.get("obj_name") is not None:
+        names = torch.as_tensor(annotations["obj_name"]).long()
+        n = torch.as_tensor(annotations["n_objects"]).long().to(names.device)
+        real = (torch.arange(names.shape[1], device=names.device)[None, :] < n[:, None]) & (names >= 0)
+        if real.any() and int(names[real].max()) >= len(object_names):
+            raise ValueError(f"object name id {int(names[real].max())} in the data, but the dataset names "
+                             f"{len(object_names)} objects (info.object_names)")
+        return torch.where(real, names, torch.full_like(names, -1)), lambda i: object_names[int(i)]
+    missing = [name for name in ATTRIBUTE_EXTRAS if annotations.get(name) is None]
+    if missing:
+        raise ValueError(f"object phrases need obj_name, or obj_color, obj_shape and obj_size; missing "
+                         f"{', '.join(missing)}")
+    return object_phrase_ids(annotations["n_objects"], annotations["obj_color"], annotations["obj_shape"],
+                             annotations["obj_size"]), phrase_text
+
+
 def pool_text(output: Any) -> torch.Tensor:
     """One vector per text: a pooled ``[K, D]`` output as it is; :class:`TokenFeatures` as the mean of
     each text's real tokens (padding never enters the mean)."""
@@ -52,12 +87,13 @@ def embed_phrases(text_encoder: nn.Module, phrases: list[str], device: torch.dev
     return pool_text(text_encoder(prepared))
 
 
-def object_queries(phrase_ids: torch.Tensor, embed: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def object_queries(phrase_ids: torch.Tensor, embed: Any, text_of: Callable[[int], str] = phrase_text
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries ``[B, M, D]`` (zero for padding) and their mask ``[B, M]``; ``embed(list_of_phrases)``
-    returns ``[K, D]`` vectors, and is called once on the distinct phrases."""
+    returns ``[K, D]`` vectors, and is called once on the distinct phrases (``text_of(id)``)."""
     mask = phrase_ids >= 0
     distinct, position = torch.unique(phrase_ids[mask], return_inverse=True)
-    vectors = embed([phrase_text(i) for i in distinct.tolist()])
+    vectors = embed([text_of(i) for i in distinct.tolist()])
     queries = vectors.new_zeros(*phrase_ids.shape, vectors.shape[-1])
     queries[mask.to(queries.device)] = vectors[position.to(vectors.device)]
     return queries, mask.to(queries.device)
