@@ -399,3 +399,27 @@ def test_gru_with_glove():
         build("gru", "text", embeddings="glove-6b-50d", word_dim=64)
     with pytest.raises(ValueError, match="embeddings must be one of glove-6b-50d"):
         build("gru", "text", embeddings="glove")
+
+
+def test_image_normalisation_is_the_formula_and_leaves_float_input_untouched():
+    """``prepare`` of the small CNN ((x/255 − 0.5)/0.25) and of the pretrained backbones ((x/255 − mean)/std,
+    grayscale to three channels) compute in place on their own copy: exactly the written formula, and a float
+    batch handed in is never modified."""
+    import numpy as np
+    import torch
+
+    from harness_plugins.encoders.small import _image_float
+    from harness_plugins.encoders.vision import normalised_images
+
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
+    floats = torch.rand(4, 3, 8, 8)
+    before = floats.clone()
+    assert torch.equal(_image_float(u8), (torch.as_tensor(u8).float() / 255.0 - 0.5) / 0.25)
+    assert torch.equal(_image_float(floats), (before - 0.5) / 0.25) and torch.equal(floats, before)
+    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    assert torch.equal(normalised_images(u8, mean, std), (torch.as_tensor(u8).float() / 255.0 - mean) / std)
+    assert torch.equal(normalised_images(floats, mean, std), (before - mean) / std) and torch.equal(floats, before)
+    gray = u8[:, :1]
+    assert torch.equal(normalised_images(gray, mean, std),
+                       (torch.as_tensor(gray).float().expand(-1, 3, -1, -1) / 255.0 - mean) / std)

@@ -27,8 +27,9 @@ from .embeddings import word_vector_table
 def _image_float(raw) -> torch.Tensor:
     """uint8 [B, C, H, W] → float in roughly [-2, 2]; float input is taken as already in [0, 1]."""
     x = torch.as_tensor(np.asarray(raw) if not isinstance(raw, torch.Tensor) else raw)
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    return (x - 0.5) / 0.25
+    # in place on the one float copy: the same operations in the same order, a third of the memory traffic
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float().clone()
+    return x.sub_(0.5).div_(0.25)
 
 
 def check_choice(param: str, value: str, choices: Sequence[str]) -> None:
@@ -146,11 +147,11 @@ class WordTokenizer:
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         ids = [[self.index.get(w, self.UNK) for w in self.pattern.findall(t.lower())] or [self.UNK]
                for t in texts]
-        lengths = torch.tensor([len(x) for x in ids])
-        tokens = torch.zeros(len(ids), int(lengths.max()) if len(ids) else 1, dtype=torch.long)
-        for row, x in enumerate(ids):
-            tokens[row, :len(x)] = torch.tensor(x)
-        return {"tokens": tokens, "lengths": lengths}
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        tokens = np.zeros((len(ids), int(lengths.max()) if len(ids) else 1), dtype=np.int64)
+        for row, x in enumerate(ids):  # rows filled in numpy: one tensor at the end, not one per caption
+            tokens[row, :len(x)] = x
+        return {"tokens": torch.from_numpy(tokens), "lengths": torch.from_numpy(lengths)}
 
 
 class GRUText(Encoder):

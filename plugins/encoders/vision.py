@@ -99,10 +99,10 @@ def normalised_images(raw, mean: torch.Tensor, std: torch.Tensor) -> torch.Tenso
     """uint8 ``[B, C, H, W]`` (float input: already in [0, 1]) → RGB floats ``(x − mean) / std``;
     grayscale images become three equal channels."""
     x = raw if isinstance(raw, torch.Tensor) else torch.as_tensor(np.asarray(raw))
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()  # in place on the new float copy
     if x.shape[1] == 1:  # grayscale: the same channel three times
         x = x.expand(-1, 3, -1, -1)
-    return (x - mean) / std
+    return (x - mean).div_(std)
 
 
 def _check_image_shape(name: str, dataset_info: DatasetInfo | None) -> None:
