@@ -137,6 +137,12 @@ def test_bad_submitit_options_are_config_errors(tmp_path, toy_config):
             launcher_options={"cluster": "local", "partiton": "gpu"})
     with pytest.raises(ConfigError, match="timeout_min must be a positive integer"):
         run(toy_config, tmp_path, progress=False, launcher="submitit", launcher_options={"timeout_min": 0})
+    # an option only submitit itself can judge (refused when the jobs are submitted): still a config
+    # error naming the launcher, and nothing ran
+    with pytest.raises(ConfigError, match="submitit refused the launcher options.*slurm_foo") as info:
+        run(toy_config, tmp_path, progress=False, launcher="submitit",
+            launcher_options={"cluster": "local", "slurm_foo": "1"})
+    assert info.value.field == "launcher" and not list(tmp_path.rglob("seed-*.json"))
 
 
 def test_workers_see_the_environment_of_the_run_that_launched_them(tmp_path, toy_config, monkeypatch):

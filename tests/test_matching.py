@@ -344,6 +344,13 @@ def test_evaluator_on_an_oracle_a_constant_and_a_word_counter(split):
     no_val = EvalContext(model=IndexModel(lambda i, t: float(len(t))), split=indexed, train_split=indexed,
                          dataset_info=info)
     assert no_val.val_split is None
+    # a file dataset whose val split is empty says so with a ConfigError: also "no val split"
+    def empty_val(name):
+        raise ConfigError("split 'val' is empty: no image is assigned to it", field="val_size")
+    empty = EvalContext(model=IndexModel(lambda i, t: float(len(t))), split=indexed, train_split=indexed,
+                        dataset_info=info, split_fn=empty_val)
+    assert empty.val_split is None
+    assert Matching().evaluate(empty) == Matching().evaluate(no_val)
     assert Matching().evaluate(no_val) == pytest.approx(
         matching_metrics(scores, pairs.label, pairs.kind, fit_threshold(scores, pairs.label)))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from harness import hookimpl
+from harness.errors import ConfigError
 from harness.launchers import Launcher, Task, cpu_count, failed_result
 from harness.results import RunResult, write_result
 
@@ -62,7 +63,7 @@ class Submitit(Launcher):
         try:
             executor.update_parameters(name=f"harness-{tasks[0].job.benchmark}", **parameters)
         except (NameError, AssertionError, ValueError) as exc:  # submitit's ways of refusing an option
-            raise ValueError(f"submitit refused the launcher options: {exc}") from None
+            raise ConfigError(f"submitit refused the launcher options: {exc}", field="launcher") from None
         return executor
 
     def _threads(self, n_tasks: int) -> int | None:
