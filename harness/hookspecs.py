@@ -60,6 +60,12 @@ def register_losses(register):
     them); after training it becomes the method's score, which every evaluator comparing images with
     texts uses (in bounded blocks, :func:`harness.model.blockwise_scores`). A ``pair_scores`` that
     names ``heads`` gets the method's heads (a matching head's logit as the score).
+
+    DDP: under ``torchrun`` each rank holds a shard of the global batch. A loss that gathers what it
+    needs from every rank (:mod:`harness.distributed`), so that each rank computes the single-process
+    loss of the global batch, says so with the class attribute ``gathers_across_ranks = True``; any
+    other loss (batch statistics, negatives drawn from the rank's own shard) would train a different
+    objective there, and a run under torchrun refuses it with a config error.
     """
 
 

@@ -21,16 +21,17 @@ from harness.checkpoints import Resume, load_checkpoint, rng_state, save_checkpo
 from harness.components import FalseNegatives, Sampler, transform_extras
 from harness.config import StageSpec, TrainSpec
 from harness.data import Dataset, PairRelevance, Split
-from harness.distributed import average_gradients, broadcast_state, is_distributed, mean_over_ranks, rank, shard
+from harness.distributed import (average_gradients, broadcast_state, is_distributed, mean_over_ranks, rank, shard,
+                                 world_size)
 from harness.errors import HarnessError
 from harness.jobs import Diverged, Job, _build
 from harness.loader import TrainBatches, resolve_workers
 from harness.model import DualEncoder
 from harness.registry import Registry
 
-__all__ = ["DRY_RUN_SAMPLES", "SAMPLER_EXTRAS", "dry_run", "finish_batch", "float_images", "freeze", "load_batch",
-           "load_checkpoint", "lr_factor", "make_batch", "make_optimizer", "masks_false_negatives",
-           "save_checkpoint", "train_gradient"]  # batch and checkpoint functions have modules of their own
+__all__ = ["DRY_RUN_SAMPLES", "SAMPLER_EXTRAS", "check_distributed_loss", "dry_run", "finish_batch",
+           "float_images", "freeze", "load_batch", "load_checkpoint", "lr_factor", "make_batch", "make_optimizer",
+           "masks_false_negatives", "save_checkpoint", "train_gradient"]  # batch and checkpoint functions have modules of their own
 
 # --- gradient training ------------------------------------------------------------------------------
 
@@ -56,6 +57,17 @@ def masks_false_negatives(loss: torch.nn.Module, sampler: Sampler,
     return True
 #: ``on_step_end`` is called on every this-many-th optimizer step, so observers cost the loop little
 STEP_HOOK_EVERY = 10
+
+
+def check_distributed_loss(loss: torch.nn.Module, world_size: int) -> None:
+    """``ValueError`` when ``world_size`` > 1 ranks would train ``loss`` on a different objective than
+    one process: only a loss that gathers the global batch (``gathers_across_ranks``) is exact there."""
+    if world_size > 1 and not getattr(loss, "gathers_across_ranks", False):
+        raise ValueError(f"loss {type(loss).__name__} computes its value on each rank's shard of the batch "
+                         f"(batch statistics or negatives from the shard), so under torchrun with "
+                         f"{world_size} ranks it would train a different objective than one process; "
+                         "run this method without torchrun (losses that gather the global batch, such as "
+                         "infonce, triplet or matchmap, run under it)")
 
 
 def _loss_extras(loss: torch.nn.Module) -> list[str]:
@@ -213,6 +225,7 @@ def _train_stage(job: Job, k: int, stage: StageSpec, train: TrainSpec, model: Du
     ``start`` (a mid-run checkpoint of this stage) restores its state and skips the epochs it had done;
     ``resume`` writes new checkpoints, with the states of the ``finished`` stages."""
     loss_fn = _build(registry, "loss", stage.loss, context).to(device)
+    check_distributed_loss(loss_fn, world_size())
     sampler = _build(registry, "sampler", stage.sampler, context) if stage.sampler else Sampler()
     sampler.check_loss(loss_fn)
     sampler.setup(model, loss_fn)

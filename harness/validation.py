@@ -4,6 +4,7 @@ per method (``harness validate``), and :func:`prepare`, which ``run`` and ``vali
 from __future__ import annotations
 
 import fnmatch
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -13,7 +14,7 @@ from harness.errors import ConfigError, HarnessError, MissingDataError, did_you_
 from harness.jobs import encoder_context, encoder_head, get_dataset
 from harness.model import DualEncoder, HeadedEncoder
 from harness.registry import PluginImportError, Registry, load_plugins
-from harness.training import DRY_RUN_SAMPLES, dry_run, freeze, masks_false_negatives
+from harness.training import DRY_RUN_SAMPLES, check_distributed_loss, dry_run, freeze, masks_false_negatives
 
 
 def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | None = None, *,
@@ -157,6 +158,10 @@ def validate_components(spec: BenchmarkSpec, registry: Registry, file: str | Non
             at = f"{where}.stages[{stage.name}]" if m.stages is not None else where
             train = m.stage_train(stage)
             loss = build("loss", stage.loss, f"{at}.loss", context)
+            try:  # under torchrun (WORLD_SIZE ranks), only losses exact across ranks
+                check_distributed_loss(loss, int(os.environ.get("WORLD_SIZE", "1") or 1))
+            except ValueError as exc:
+                raise error(str(exc), f"{at}.loss") from None
             sampler = build("sampler", stage.sampler, f"{at}.sampler", context) if stage.sampler \
                 else Sampler()
             transforms = []

@@ -68,3 +68,31 @@ def test_torchrun_refuses_launchers_that_start_processes(tmp_path, toy_config):
     done = torchrun(path, tmp_path / "out")
     assert done.returncode != 0  # torchrun reports its failed children with a traceback of its own
     assert "harness: error:" in done.stderr and "use the inline launcher" in done.stderr
+
+
+def test_losses_that_are_not_exact_across_ranks_are_refused_under_torchrun(tmp_path, toy_config, monkeypatch):
+    """Under torchrun (WORLD_SIZE > 1) a loss that does not gather the global batch (batch statistics, negatives
+    from the rank's shard) is a config error naming the method's loss; gathering losses are accepted, and a
+    plain run accepts every loss."""
+    from harness.errors import ConfigError
+    from harness.registry import Registry
+    from harness.training import check_distributed_loss
+    from harness.validation import prepare
+
+    registry = Registry()
+    exact = {name for name in registry.available("loss")["loss"]
+             if getattr(registry.get("loss", name).factory, "gathers_across_ranks", False)}
+    assert {"infonce", "nt-xent", "nt-logistic", "triplet", "npair", "contrastive", "matchmap"} <= exact
+    assert not {"devise", "dcca", "dccae", "matching", "multimodal-ae", "relation"} & exact
+    toy_config["methods"] = [{"name": "infonce", "loss": {"name": "infonce"}},
+                             {"name": "dcca", "loss": {"name": "dcca", "k": 2}}]
+    prepare(toy_config)  # one process: both fine
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="each rank's shard.*different objective") as info:
+        prepare(toy_config)
+    assert info.value.field == "methods[dcca].loss"
+    toy_config["methods"] = toy_config["methods"][:1]
+    prepare(toy_config)
+    with pytest.raises(ValueError, match="DCCALoss"):
+        check_distributed_loss(registry.create("loss", "dcca", k=2), 2)
+    check_distributed_loss(registry.create("loss", "dcca", k=2), 1)

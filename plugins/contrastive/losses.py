@@ -46,6 +46,7 @@ from .scores import (MAX_LOGIT_SCALE, Negatives, Scores, _check_masking, _check_
 __all__ = ["MAX_LOGIT_SCALE", "Contrastive", "DeViSE", "InfoNCE", "NPair", "NTLogistic", "NTXent", "Negatives",
            "Triplet", "check_flag", "cosine_similarity_matrix"]
 
+
 class InfoNCE(nn.Module):
     """CLIP-style symmetric InfoNCE over in-batch cosine similarities.
 
@@ -54,6 +55,8 @@ class InfoNCE(nn.Module):
     clipped so 1/τ ≤ 100 as in CLIP). With sampler negatives each anchor's row is
     [s₊, s₁…s_K]/τ with target 0 (MoCo's logits), averaged over both directions.
     """
+
+    gathers_across_ranks = True  # the global batch's loss on every rank (module docstring)
 
     def __init__(self, temperature: float = 0.07, learnable_temperature: bool = False,
                  mask_false_negatives: bool = False):
@@ -116,6 +119,8 @@ class NTXent(nn.Module):
     they join each anchor's denominator (same-modality rows only come from the batch, when ``in_batch``).
     """
 
+    gathers_across_ranks = True  # the global batch's loss on every rank (module docstring)
+
     def __init__(self, temperature: float = 0.1, mask_false_negatives: bool = False):
         super().__init__()
         self.temperature = _check_temperature(temperature)
@@ -140,6 +145,8 @@ class NTLogistic(nn.Module):
     With sampler negatives: ½ Σ over both directions of [−mean_b log σ(s₊/τ) − mean log σ(−s₋/τ)],
     the second mean over every (anchor, negative) pair of that direction.
     """
+
+    gathers_across_ranks = True  # the global batch's loss on every rank (module docstring)
 
     def __init__(self, temperature: float = 0.1, mask_false_negatives: bool = False):
         super().__init__()
@@ -171,6 +178,8 @@ class Triplet(nn.Module):
     largest. ``reduction="sum"`` adds every anchor's contribution (VSE++'s own loss); ``"mean"`` divides
     that sum by B. With sampler negatives the hinges run over each anchor's negatives instead.
     """
+
+    gathers_across_ranks = True  # the global batch's loss on every rank (module docstring)
 
     def __init__(self, margin: float = 0.2, max_violation: bool = False, reduction: str = "mean",
                  mask_false_negatives: bool = False):
@@ -207,6 +216,8 @@ class NPair(nn.Module):
     ``symmetric`` averages L with the text-anchored L (f and g swapped). With sampler negatives the sum
     runs over each anchor's negatives and g is the anchor's positive (e.g. a momentum key).
     """
+
+    gathers_across_ranks = True  # the global batch's loss on every rank (module docstring)
 
     def __init__(self, l2_reg: float = 0.0, symmetric: bool = False, mask_false_negatives: bool = False):
         super().__init__()
@@ -246,6 +257,8 @@ class Contrastive(nn.Module):
     D_ij = ‖Î_i − T̂_j‖ = √(2 − 2 S_ij);  L = mean_i D_ii² + mean_{i≠j} [m − D_ij]₊²,  m = ``margin``.
     With sampler negatives: ½ Σ over both directions of the same two means over that direction's pairs.
     """
+
+    gathers_across_ranks = True  # the global batch's loss on every rank (module docstring)
 
     def __init__(self, margin: float = 1.0, mask_false_negatives: bool = False):
         super().__init__()

@@ -32,6 +32,8 @@ class MatchMap(nn.Module):
     off-diagonal pairs the dataset marks as true (logit −∞), as the contrastive losses do.
     """
 
+    gathers_across_ranks = True  # both sides gathered from every rank before the scores
+
     def __init__(self, temperature: float = 0.1, pooling: str = "misa", normalize: bool = False,
                  mask_false_negatives: bool = False):
         super().__init__()
