@@ -45,6 +45,23 @@ def test_karpathy_coco_splits_with_restval_in_train_and_caps(tmp_path):
     assert len(no_restval.split("train")) == 5 and len(no_restval.split("test")) == 2
 
 
+def test_karpathy_keeps_each_images_first_five_captions_as_the_retrieval_protocol(tmp_path):
+    """Some COCO images have 6 or 7 sentences; the published protocol scores 5 per image (the first
+    five): ``captions_per_image`` (default 5) keeps those, null keeps them all."""
+    annotations = rf.karpathy_file(tmp_path, {"train": 2, "test": 3}, captions=7)
+    raw = json.loads(annotations.read_text())["images"]
+    data = create("karpathy", annotations=str(annotations), images=str(tmp_path / "images"), image_size=16)
+    test = data.split("test")
+    assert len(test.texts) == 15 and np.bincount(test.text_to_image).tolist() == [5, 5, 5]
+    first = next(e for e in raw if e["split"] == "test")
+    assert test.texts[:5] == [s["raw"].strip() for s in first["sentences"][:5]]
+    every = create("karpathy", annotations=str(annotations), images=str(tmp_path / "images"), image_size=16,
+                   captions_per_image=None)
+    assert len(every.split("test").texts) == 21
+    assert error_of("karpathy", annotations=str(annotations), images=str(tmp_path / "images"),
+                    captions_per_image=0).field == "captions_per_image"
+
+
 def test_karpathy_flickr_files_have_no_filepath(tmp_path):
     ann = rf.karpathy_file(tmp_path, {"train": 3, "val": 1, "test": 2}, coco=False)
     data = create("karpathy", annotations=str(ann), images=str(tmp_path / "images"), image_size=8)

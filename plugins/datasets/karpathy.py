@@ -37,17 +37,21 @@ class Karpathy(FileDataset):
     first N images of a split (file order). ``image_size``: images are resized (shorter side) and
     centre-cropped to this many pixels. ``gaze_maps``: a folder of SALICON-style PNG saliency maps
     matched by file stem (extra ``gaze``, ``gaze_size`` px; images without one get a uniform map).
-    Extras: ``image_id`` (``cocoid``, else ``imgid``)."""
+    ``captions_per_image`` (default 5) keeps each image's first N sentences, as the published R@K
+    protocol does (some COCO images have 6 or 7); null keeps them all. Extras: ``image_id``
+    (``cocoid``, else ``imgid``)."""
 
     @typed_params
     def __init__(self, annotations: str, images: str, restval: bool = True, image_size: int = 224,
                  train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
-                 gaze_maps: str | None = None, gaze_size: int = 64):
+                 gaze_maps: str | None = None, gaze_size: int = 64, captions_per_image: int | None = 5):
         super().__init__()
         positive("image_size", image_size)
+        positive("captions_per_image", captions_per_image)
         caps = {"train": positive("train_size", train_size), "val": positive("val_size", val_size),
                 "test": positive("test_size", test_size)}
-        records = read_karpathy(annotations, os.path.expanduser(images), restval)  # annotations first
+        records = read_karpathy(annotations, os.path.expanduser(images), restval,  # annotations first
+                                captions_per_image)
         root = existing_dir(images, "images")
         gaze = GazeIndex(gaze_maps) if gaze_maps is not None else None
         splits = {}
@@ -63,8 +67,10 @@ class Karpathy(FileDataset):
         self.set_splits(splits, gaze, gaze_size)
 
 
-def read_karpathy(annotations: str, root: str, restval: bool) -> dict[str, ImageRecords]:
-    """The images of a Karpathy split file, per harness split (restval in train when ``restval``)."""
+def read_karpathy(annotations: str, root: str, restval: bool, captions_per_image: int | None = None
+                  ) -> dict[str, ImageRecords]:
+    """The images of a Karpathy split file, per harness split (restval in train when ``restval``), each
+    with its first ``captions_per_image`` sentences (None: all)."""
     data = read_json(annotations, "annotations")
     field = "annotations"
     entries = expect(data, dict, field, annotations, "top level").get("images")
@@ -95,7 +101,7 @@ def read_karpathy(annotations: str, root: str, restval: bool) -> dict[str, Image
                          str, field, annotations, f"{at}.raw")
             captions.append(raw.strip())
         image_id = entry.get("cocoid", entry.get("imgid", i))
-        records[split].add(os.path.join(root, folder, filename), captions,
+        records[split].add(os.path.join(root, folder, filename), captions[:captions_per_image],
                            image_id=expect(image_id, int, field, annotations, f"{where}.cocoid/imgid"))
     return records
 
