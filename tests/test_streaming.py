@@ -205,3 +205,43 @@ def test_gaze_maps_reach_the_gaze_transform_in_a_streamed_run(tmp_path):
                                  images=str(root / "images"), gaze_maps=str(tmp_path / "maps"), gaze_size=8)
     assert sum(dataset.gaze_missing.values()) == 5
     assert dataset.split("train").extras["gaze"][np.arange(3)].shape == (3, 8, 8)
+
+
+def test_gaze_maps_are_the_png_files_and_mask_the_images_they_belong_to(tmp_path):
+    """What reaches the transform: an image with a PNG gets that map (grey levels / 255, read at
+    ``gaze_size``), one without gets a uniform map; in a training batch the ``gaze`` transform darkens a
+    mapped image by its own map and leaves an unmapped one unchanged."""
+    from PIL import Image
+
+    from harness.batches import float_images, load_batch
+    from harness_plugins.transforms.gaze import GazeMask, normalized_maps
+
+    root = tmp_path / "data"
+    rf.image_text_folder(root, 8, "jsonl")
+    rng = np.random.default_rng(2)
+    images = sorted((root / "images" / "photos").glob("*.jpg"))
+    for image in images[:6]:
+        rf.write_image(tmp_path / "maps" / f"{image.stem}.png", rng, size=(16, 16), mode="L")
+    with pytest.warns(UserWarning, match="no map"):
+        dataset = harness.create("dataset", "image-text-files", path=str(root / "pairs.jsonl"),
+                                 images=str(root / "images"), gaze_maps=str(tmp_path / "maps"), gaze_size=16,
+                                 image_size=16)
+    split = dataset.split("train")
+    gaze = split.extras["gaze"]
+    mapped = [i for i, p in enumerate(gaze.paths) if p is not None]
+    unmapped = [i for i, p in enumerate(gaze.paths) if p is None]
+    assert mapped and unmapped
+    i = mapped[0]
+    png = np.asarray(Image.open(gaze.paths[i]).convert("L"), dtype=np.float32) / 255.0  # 16x16: no resize
+    assert torch.allclose(gaze[i], torch.from_numpy(png), atol=1e-6)
+    assert torch.equal(gaze[unmapped[0]], torch.ones(16, 16))
+    index = np.array([i, unmapped[0]])
+    captions = np.array([split.texts_of_image()[k][0] for k in index])
+    loaded = load_batch(split, index, captions, 123, prepare_images=lambda x: x, prepare_texts=lambda t: t,
+                        extras_wanted=["gaze"], transforms=[GazeMask(p=1.0)])
+    raw = float_images(split.images[index])
+    maps = normalized_maps(gaze[index], 16, 16)
+    expected = (raw * maps).mul(255.0).round().clamp(0, 255).to(torch.uint8)
+    assert torch.equal(loaded["images"], expected)
+    assert not torch.equal(loaded["images"][0], split.images[index][0])  # the mapped image is masked
+    assert torch.equal(loaded["images"][1], split.images[index][1])  # uniform map: unchanged
