@@ -322,6 +322,33 @@ def test_hf_dataset_errors(tmp_path):
     assert "folder not found" in error_of("hf-dataset", path=str(tmp_path / "nope")).message
 
 
+def test_hf_dataset_with_image_paths_checks_the_files_exist(tmp_path):
+    """An image column of path strings (relative to ``images``): read from the files; a path naming no
+    file is a config error at ``images`` naming the split and column, before anything trains."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        rf.write_image(tmp_path / "imgs" / f"{k}.jpg", rng)
+    table = datasets.Dataset.from_dict({"path": [f"{k}.jpg" for k in range(3)], "caption": ["a", "b", "c"]})
+    datasets.DatasetDict({"train": table}).save_to_disk(str(tmp_path / "saved"))
+    data = create("hf-dataset", path=str(tmp_path / "saved"), image_column="path", images=str(tmp_path / "imgs"),
+                  image_size=16)
+    assert data.split("train").images[2].shape == (3, 16, 16)
+    (tmp_path / "imgs" / "1.jpg").unlink()
+    err = error_of("hf-dataset", path=str(tmp_path / "saved"), image_column="path", images=str(tmp_path / "imgs"))
+    assert err.field == "images" and "1 of 3 images named in" in err.message and "column 'path'" in err.message
+
+
+def test_coco_test_ids_file_that_is_not_text_is_a_config_error(tmp_path):
+    files = rf.coco_files(tmp_path, train=2, val=3)
+    ids = tmp_path / "ids.bin"
+    ids.write_bytes(b"\xff\xfe\x00\x81 binary")
+    err = error_of("coco-captions", train_annotations=str(files["train"]), val_annotations=str(files["val"]),
+                   train_images=str(tmp_path / "train2014"), val_images=str(tmp_path / "val2014"), test_ids=str(ids))
+    assert err.field == "test_ids" and "not a text file of image ids" in err.message
+
+
 # --- visual-genome -------------------------------------------------------------------------------------
 
 def test_visual_genome_objects_and_relations_in_the_relation_modules_layout(tmp_path):

@@ -126,7 +126,11 @@ def carve_test(val: ImageRecords, test_size: int | None, test_ids: str | None, s
 
 def read_ids(path: str) -> list[int]:
     """Image ids from a file: a JSON list, or integers separated by whitespace or commas."""
-    text = existing_file(path, "test_ids").read_text()
+    try:
+        text = existing_file(path, "test_ids").read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file of image ids ({exc.reason} at byte {exc.start})",
+                          field="test_ids") from None
     tokens = [t for t in re.split(r"[\s,\[\]]+", text) if t]
     try:
         return [int(t) for t in tokens]

@@ -4,13 +4,15 @@ are decoded."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from harness import hookimpl
 from harness.data import DatasetInfo, Split
 from harness.errors import ConfigError, MissingDataError
 from harness.sources import HFImages
-from harness_plugins.datasets.common import SPLITS, FileDataset, caption_vocab, positive, typed_params
+from harness_plugins.datasets.common import (SPLITS, FileDataset, caption_vocab, check_images_exist, positive,
+                                             typed_params)
 
 DEFAULT_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
@@ -79,6 +81,11 @@ class HFDataset(FileDataset):
                                   f"or a list of strings, got {value!r}", field="caption_column")
             texts += [c.strip() for c in captions]
             owner += [i] * len(captions)
+        if getattr(table.features[image_column], "dtype", None) == "string":  # file paths: all present?
+            paths = [p if images is None or os.path.isabs(p) else os.path.join(images, p)
+                     for p in table[image_column]]
+            check_images_exist(paths, "images" if images is not None else image_column,
+                               f"{path} split {saved_name!r} column {image_column!r}")
         source = HFImages(table.select_columns([image_column]), image_column, image_size, images)
         return Split(name, source, texts, owner)
 
