@@ -377,3 +377,23 @@ def on_run_end(job, result):
 @hookimpl
 def on_benchmark_end(benchmark, results):
     EVENTS.append(("benchmark_end", benchmark.name, len(results)))
+
+
+class LastFirst:
+    """A third-party launcher: the tasks one after another in this process, last first (``log`` records
+    the order, for the tests)."""
+
+    log: list[int] = []
+
+    def __init__(self, note: str = ""):
+        self.note = note
+
+    def launch(self, tasks, run_here):
+        for task in reversed(tasks):
+            LastFirst.log.append(task.index)
+            yield task, run_here(task)
+
+
+@hookimpl
+def register_launchers(register):
+    register("last-first", LastFirst)

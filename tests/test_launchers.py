@@ -152,3 +152,22 @@ def test_workers_see_the_environment_of_the_run_that_launched_them(tmp_path, toy
         monkeypatch.setenv("HARNESS_TEST_PROBE", str(probe))
         outcome = run(toy_config, tmp_path / str(probe), progress=False, launcher="processes")
         assert outcome.results[0].metrics["env-probe/probe"] == probe
+
+
+def test_a_launcher_from_a_third_party_plugin_runs_the_jobs_with_the_same_results(tmp_path, three_seeds):
+    """A launcher registered by a plugin module (``register_launchers``) is chosen by name like the bundled
+    ones; the result files and metrics are those of ``inline``; its options are checked like any component's."""
+    import harness_test_plugin
+
+    inline = run(three_seeds, tmp_path / "inline", progress=False)
+    harness_test_plugin.LastFirst.log.clear()
+    mine = run(three_seeds, tmp_path / "mine", progress=False, launcher="last-first",
+               launcher_options={"note": "x"})
+    assert mine.ok and harness_test_plugin.LastFirst.log == [2, 1, 0]  # ran its way: last first
+    assert [r.seed for r in mine.results] == [0, 1, 2]  # reported in the benchmark's order
+    for a, b in zip(inline.results, mine.results):
+        assert a.metrics == b.metrics
+    assert sorted(p.name for p in (tmp_path / "mine" / "toy" / "infonce").glob("seed-*.json")) == \
+        ["seed-0.json", "seed-1.json", "seed-2.json"]
+    with pytest.raises(ConfigError, match="has no parameter 'nte'"):
+        run(three_seeds, tmp_path / "bad", progress=False, launcher="last-first", launcher_options={"nte": "x"})
