@@ -410,3 +410,26 @@ def test_visual_genome_errors(tmp_path):
                                    "image_data": str(tmp_path / "ok" / "image_data.json"),
                                    "images": str(tmp_path / "ok"), "test_size": 0}).split("test")
     assert info.value.field == "relationships"
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 1 << 22])
+def test_json_lists_are_read_one_item_at_a_time_across_chunk_boundaries(tmp_path, chunk):
+    """``iter_json_list`` (Visual Genome's large files) yields what ``json.load`` gives, whatever the read
+    size: items cut between reads (a number cut at "150" of "1500.0"), strings holding "]" and ",",
+    non-ASCII text, indentation; bad documents are config errors naming the field, at the same character
+    whatever the read size."""
+    from harness_plugins.datasets.common import iter_json_list
+
+    doc = [{"a": [1, 2, {"b": "x ], y"}]}, "s,]", 1.5e3, -2.5e-7, None, True, 10, {"k": "é" * 9}, []]
+    for indent in (None, 2):
+        path = tmp_path / f"doc{indent}.json"
+        path.write_text(json.dumps(doc, indent=indent, ensure_ascii=False), encoding="utf-8")
+        assert list(iter_json_list(str(path), "relationships", chunk=chunk)) == doc
+    for text, problem in (('{"a": 1}', "top level: expected a list"), ("[1, 2", "expected ',' or ']' at character 5"),
+                          ("[1 2]", "expected ',' or ']' at character 3"), ("[1,,2]", "Expecting value at character 3"),
+                          ("[1] 2", "extra data after the list at character 4")):
+        path = tmp_path / "bad.json"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            list(iter_json_list(str(path), "relationships", chunk=chunk))
+        assert info.value.field == "relationships" and problem in info.value.message and "bad.json" in info.value.message

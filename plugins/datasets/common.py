@@ -12,7 +12,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from pydantic import ConfigDict, ValidationError, validate_call
@@ -74,6 +74,83 @@ def read_json(path: str, field: str) -> Any:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{p} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
                           field=field) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {p}: {exc}", field=field) from None
+
+
+#: characters read at a time by :func:`iter_json_list`
+JSON_CHUNK = 1 << 22
+
+
+def iter_json_list(path: str, field: str, chunk: int = JSON_CHUNK) -> Iterator[Any]:
+    """The items of the JSON list that is the document at ``path``, parsed one at a time from reads of
+    ``chunk`` characters: memory holds one item and one chunk, not the whole document (Visual Genome's
+    ``relationships.json`` is ~700 MB of text, several GB once parsed whole). A missing or unreadable
+    file, a document that is not a list, or malformed JSON is a :class:`ConfigError` naming ``field``
+    and the file."""
+    p = existing_file(path, field)
+    decoder = json.JSONDecoder()
+
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(f"{p} is not valid JSON: {problem}", field=field)
+
+    try:
+        with open(p, encoding="utf-8-sig") as fh:
+            buf, pos, done, consumed = "", 0, False, 0
+
+            def more() -> bool:  # append the next chunk; False at the end of the file
+                nonlocal buf, pos, done, consumed
+                if done:
+                    return False
+                text = fh.read(chunk)
+                if not text:
+                    done = True
+                    return False
+                consumed += pos  # what is dropped from the front is behind us
+                buf, pos = buf[pos:] + text, 0
+                return True
+
+            def next_char() -> str:  # the next non-whitespace character ('' at the end), not consumed
+                nonlocal pos
+                while True:
+                    while pos < len(buf) and buf[pos] in " \t\r\n":
+                        pos += 1
+                    if pos < len(buf) or not more():
+                        return buf[pos] if pos < len(buf) else ""
+
+            if next_char() != "[":
+                raise ConfigError(f"{p}: top level: expected a list", field=field)
+            pos += 1
+            first = True
+            while True:
+                c = next_char()
+                if c == "]":
+                    pos += 1
+                    if next_char():
+                        raise bad(f"extra data after the list at character {consumed + pos}")
+                    return
+                if not first:
+                    if c != ",":
+                        raise bad(f"expected ',' or ']' at character {consumed + pos}")
+                    pos += 1
+                    next_char()
+                while True:
+                    try:
+                        item, end = decoder.raw_decode(buf, pos)
+                    except json.JSONDecodeError as exc:
+                        if more():
+                            continue
+                        raise bad(f"{exc.msg} at character {consumed + exc.pos}") from None
+                    after = end
+                    while after < len(buf) and buf[after] in " \t\r\n":
+                        after += 1
+                    # the item ends where ',' or ']' follows; otherwise it may go on in the next chunk
+                    # (a number cut at "150" of "1500.0")
+                    if (after == len(buf) or buf[after] not in ",]") and more():
+                        continue
+                    break
+                pos, first = end, False
+                yield item
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {p}: {exc}", field=field) from None
 

@@ -11,8 +11,9 @@ File layouts (JSON lists; other keys are ignored)::
     objects.json:        [{"image_id": 1, "objects": [{"object_id": 1058498, "x": 421, "y": 91,
                             "w": 79, "h": 339, "names": ["clock"]}, …]}, …]
 
-The whole of each file is parsed with ``json``: the full ``relationships.json`` (~700 MB) needs several
-GB of memory while loading.
+Each file is parsed one list item at a time (:func:`iter_json_list`), and of each relationship and
+object only what the loader uses is kept (predicate, object id, box, name): the full
+``relationships.json`` (~700 MB of text) is never held whole, parsed or unparsed.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from harness.data import DatasetInfo
 from harness.errors import ConfigError
 from harness.sources import square_geometry
 from harness_plugins.datasets.common import (SPLITS, FileDataset, GazeIndex, ImageRecords, caption_vocab,
-                                             check_images_exist, existing_dir, expect, image_split, malformed,
-                                             positive, read_json, typed_params)
+                                             check_images_exist, existing_dir, expect, image_split,
+                                             iter_json_list, malformed, positive, typed_params)
 
 DEFAULT_TOP_K = 50
 
@@ -170,9 +171,8 @@ def object_name(obj: dict) -> str:
 def read_image_data(path: str, root: str) -> dict[int, tuple[str, int, int]]:
     """``{image_id: (file path, width, height)}`` from ``image_data.json``."""
     field = "image_data"
-    data = expect(read_json(path, field), list, field, path, "top level")
     meta = {}
-    for i, entry in enumerate(data):
+    for i, entry in enumerate(iter_json_list(path, field)):
         where = f"[{i}]"
         expect(entry, dict, field, path, where)
         image_id = expect(entry.get("image_id", entry.get("id")), int, field, path, f"{where}.image_id")
@@ -187,15 +187,15 @@ def read_image_data(path: str, root: str) -> dict[int, tuple[str, int, int]]:
 def read_grouped(path: str, field: str, key: str, meta: dict) -> dict[int, list[dict]]:
     """``{image_id: [entries]}`` from ``relationships.json`` (``key`` relationships) or ``objects.json``
     (``key`` objects), each entry checked for the fields the loader uses."""
-    data = expect(read_json(path, field), list, field, path, "top level")
     grouped: dict[int, list[dict]] = {}
-    for i, item in enumerate(data):
+    for i, item in enumerate(iter_json_list(path, field)):
         where = f"[{i}]"
         expect(item, dict, field, path, where)
         image_id = expect(item.get("image_id", item.get("id")), int, field, path, f"{where}.image_id")
         if image_id not in meta:
             raise malformed(field, path, f"{where}.image_id", f"image {image_id} is not in image_data")
         entries = expect(item.get(key), list, field, path, f"{where}.{key}")
+        kept = []
         for j, entry in enumerate(entries):
             at = f"{where}.{key}[{j}]"
             expect(entry, dict, field, path, at)
@@ -204,10 +204,19 @@ def read_grouped(path: str, field: str, key: str, meta: dict) -> dict[int, list[
                 for side in ("subject", "object"):
                     _check_object(expect(entry.get(side), dict, field, path, f"{at}.{side}"), field, path,
                                   f"{at}.{side}")
+                kept.append({"predicate": entry["predicate"], "subject": _compact(entry["subject"]),
+                             "object": _compact(entry["object"])})
             else:
                 _check_object(entry, field, path, at)
-        grouped.setdefault(image_id, []).extend(entries)
+                kept.append(_compact(entry))
+        grouped.setdefault(image_id, []).extend(kept)
     return grouped
+
+
+def _compact(obj: dict) -> dict:
+    """What the loader uses of an object (synsets, attributes and the rest of the file are dropped)."""
+    return {"object_id": obj["object_id"], "x": obj["x"], "y": obj["y"], "w": obj["w"], "h": obj["h"],
+            "name": object_name(obj)}
 
 
 def _check_object(obj: dict, field: str, path: str, where: str) -> None:
