@@ -267,11 +267,19 @@ def test_idx_images_errors(tmp_path):
     assert error_of("idx-images", directory=str(folder), val_size=60).field == "val_size"
 
 
-def test_the_default_fashion_mnist_folder_says_how_to_install_it():
-    if os.path.isdir("/usr/share/datasets/fashion-mnist"):
-        pytest.skip("Debian's dataset-fashion-mnist is installed here")
-    err = error_of("idx-images")
-    assert err.field == "directory" and "apt-get install dataset-fashion-mnist" in err.message
+def test_the_default_fashion_mnist_folder_loads_the_real_files_or_says_how_to_install_them():
+    """Debian's dataset-fashion-mnist (``.ci/run`` installs it): the published files read as 60,000 + 10,000
+    images of 10 classes, the test file starting with an ankle boot and a pullover as published;
+    without the package, the error says how to install it."""
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        err = error_of("idx-images")
+        assert err.field == "directory" and "apt-get install dataset-fashion-mnist" in err.message
+        return
+    data = create("idx-images", image_size=28, val_size=0)
+    train, test = data.split("train"), data.split("test")
+    assert (len(train), len(test)) == (60000, 10000) and len(data.info.class_names) == 10
+    assert test.texts[:2] == ["a photo of a ankle boot.", "a photo of a pullover."]
+    assert tuple(train.images[0].shape) == (1, 28, 28) and str(train.images[0].dtype).endswith("uint8")
 
 
 # --- hf-dataset ----------------------------------------------------------------------------------------
