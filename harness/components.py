@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from harness.data import DatasetInfo, Split
-from harness.errors import HarnessError
+from harness.errors import EmptySplitError
 
 
 @dataclass
@@ -268,7 +268,7 @@ class EvalContext:
             return None
         try:
             split = self.split_fn("val")
-        except (ValueError, KeyError, HarnessError):  # no such split, or (file datasets) an empty one
+        except (ValueError, KeyError, EmptySplitError):  # no such split, or (file datasets) an empty one
             return None
         return split if len(split) else None
 

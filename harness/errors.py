@@ -35,6 +35,10 @@ class MissingDataError(ConfigError):
     against the rest of the configuration (``harness validate`` checks that much without it)."""
 
 
+class EmptySplitError(ConfigError):
+    """A dataset's split holds nothing (no image of the files is assigned to it)."""
+
+
 class UnknownComponentError(ConfigError):
     """A kind, name or parameter that no plugin provides."""
 

@@ -165,9 +165,13 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when available; under torchrun ``auto`` and ``cuda`` mean this rank's GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if torchrun and name.startswith("cuda:"):  # every rank would take that one GPU
+        raise HarnessError(f"train.device is {name!r}: under torchrun each rank uses its own GPU "
+                           "(LOCAL_RANK); write `cuda` or `auto`")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HarnessError(f"train.device is {name!r} but CUDA is not available on this machine")
-    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if name == "cuda" and torchrun:
         return torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK
     return torch.device(name)
 

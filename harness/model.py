@@ -12,7 +12,7 @@ from torch import nn
 from harness.components import TokenFeatures
 from harness.loader import prepared_chunks
 from harness.sources import LazySource, SourceRows
-from harness.distributed import gather, is_distributed, shard
+from harness.distributed import gather, is_distributed, shard, world_size
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -124,7 +124,7 @@ class DualEncoder(nn.Module):
 
     def _embed_all(self, encoder: nn.Module, items: Any) -> Any:
         """Every item embedded; under DDP each rank embeds its shard and the shards are gathered."""
-        if not is_distributed():
+        if not is_distributed() or len(items) < world_size():  # a rank with no rows would skip the gather
             return self._embed(encoder, items)
         rows = shard(len(items))
         if isinstance(items, LazySource):  # decoded chunk by chunk, like the whole split

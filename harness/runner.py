@@ -344,11 +344,17 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
     for i in sorted(done):
         echo(f"[{i + 1}/{len(jobs)}] {jobs[i].name} seed={jobs[i].seed}: already done, skipping "
              f"(--overwrite to redo)")
-    for task, result in chosen.launch(tasks, lambda task: run_task_here(task, registry, notify, echo)):
-        summary = result.status if result.status == "ok" else f"{result.status}: {result.error}"
-        echo(f"[{task.index + 1}/{len(jobs)}] {task.job.name} seed={task.job.seed}: {summary} "
-             f"({result.provenance.duration_s:.1f}s)")
-        results[task.index] = result
+    try:
+        for task, result in chosen.launch(tasks, lambda task: run_task_here(task, registry, notify, echo)):
+            summary = result.status if result.status == "ok" else f"{result.status}: {result.error}"
+            echo(f"[{task.index + 1}/{len(jobs)}] {task.job.name} seed={task.job.seed}: {summary} "
+                 f"({result.provenance.duration_s:.1f}s)")
+            results[task.index] = result
+    except ConfigError as exc:  # an option the launcher could only judge when submitting: name the file
+        if exc.file is not None:
+            raise
+        raise ConfigError(exc.message, file=file, field=exc.field or "launcher", **spec.locate("launcher")) \
+            from None
     results = [results[i] for i in range(len(jobs))]
     if others:
         echo(f"warning: {len(others)} result file(s) in {bench_dir} are not runs of this configuration "

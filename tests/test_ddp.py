@@ -91,8 +91,22 @@ def test_losses_that_are_not_exact_across_ranks_are_refused_under_torchrun(tmp_p
     with pytest.raises(ConfigError, match="each rank's shard.*different objective") as info:
         prepare(toy_config)
     assert info.value.field == "methods[dcca].loss"
+    with pytest.raises(ConfigError, match="each rank's shard") as info:
+        prepare(toy_config, data=False)  # also when only the configuration is checked
+    assert info.value.field == "methods[dcca].loss"
     toy_config["methods"] = toy_config["methods"][:1]
     prepare(toy_config)
     with pytest.raises(ValueError, match="DCCALoss"):
         check_distributed_loss(registry.create("loss", "dcca", k=2), 2)
     check_distributed_loss(registry.create("loss", "dcca", k=2), 1)
+
+
+def test_an_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
+    """Under torchrun every rank takes its own GPU (LOCAL_RANK): ``cuda:1`` would put them all on one."""
+    from harness.errors import HarnessError
+    from harness.jobs import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(HarnessError, match="each rank uses its own GPU"):
+        resolve_device("cuda:1")

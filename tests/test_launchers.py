@@ -143,6 +143,12 @@ def test_bad_submitit_options_are_config_errors(tmp_path, toy_config):
         run(toy_config, tmp_path, progress=False, launcher="submitit",
             launcher_options={"cluster": "local", "slurm_foo": "1"})
     assert info.value.field == "launcher" and not list(tmp_path.rglob("seed-*.json"))
+    path = tmp_path / "toy.yaml"  # from a file: the message names it
+    path.write_text(json.dumps(toy_config))
+    with pytest.raises(ConfigError, match="submitit refused") as info:
+        run(path, tmp_path / "f", progress=False, launcher="submitit",
+            launcher_options={"cluster": "local", "slurm_foo": "1"})
+    assert info.value.file == str(path) and str(path) in str(info.value)
 
 
 def test_workers_see_the_environment_of_the_run_that_launched_them(tmp_path, toy_config, monkeypatch):

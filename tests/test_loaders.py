@@ -346,6 +346,8 @@ def test_hf_dataset_with_image_paths_checks_the_files_exist(tmp_path):
     (tmp_path / "imgs" / "1.jpg").unlink()
     err = error_of("hf-dataset", path=str(tmp_path / "saved"), image_column="path", images=str(tmp_path / "imgs"))
     assert err.field == "images" and "1 of 3 images named in" in err.message and "column 'path'" in err.message
+    err = error_of("hf-dataset", path=str(tmp_path / "saved"), image_column="path")  # relative, no root
+    assert err.field == "image_column" and "3 of 3 images named in" in err.message
 
 
 def test_coco_test_ids_file_that_is_not_text_is_a_config_error(tmp_path):
@@ -428,10 +430,11 @@ def test_json_lists_are_read_one_item_at_a_time_across_chunk_boundaries(tmp_path
     whatever the read size."""
     from harness_plugins.datasets.common import iter_json_list
 
-    doc = [{"a": [1, 2, {"b": "x ], y"}]}, "s,]", 1.5e3, -2.5e-7, None, True, 10, {"k": "é" * 9}, []]
-    for indent in (None, 2):
-        path = tmp_path / f"doc{indent}.json"
-        path.write_text(json.dumps(doc, indent=indent, ensure_ascii=False), encoding="utf-8")
+    doc = [{"a": [1, 2, {"b": "x ], y"}]}, "s,]", 1.5e3, -2.5e-7, None, True, 10, {"k": "é中" * 9}, [],
+           {"neg": -12.5e-3, "l": [1.25, -3e10], "esc": "a\nb\"c", "f": False}]
+    for indent, ascii_only in ((None, False), (2, False), (None, True)):  # True: "\u00e9" escapes to cut
+        path = tmp_path / f"doc{indent}{ascii_only}.json"
+        path.write_text(json.dumps(doc, indent=indent, ensure_ascii=ascii_only), encoding="utf-8")
         assert list(iter_json_list(str(path), "relationships", chunk=chunk)) == doc
     for text, problem in (('{"a": 1}', "top level: expected a list"), ("[1, 2", "expected ',' or ']' at character 5"),
                           ("[1 2]", "expected ',' or ']' at character 3"), ("[1,,2]", "Expecting value at character 3"),
@@ -441,3 +444,19 @@ def test_json_lists_are_read_one_item_at_a_time_across_chunk_boundaries(tmp_path
         with pytest.raises(ConfigError) as info:
             list(iter_json_list(str(path), "relationships", chunk=chunk))
         assert info.value.field == "relationships" and problem in info.value.message and "bad.json" in info.value.message
+    # an error inside the text read is reported at once: the rest of the file (here bytes that are not
+    # UTF-8) is never read
+    if chunk < 1000:  # (a chunk of the whole file reads the bad bytes with the first read)
+        path = tmp_path / "early.json"
+        path.write_bytes(b"[1, x, 2" + b" " * 20000 + b"\xff\xfe" * 64 + b"]")
+        with pytest.raises(ConfigError, match="Expecting value at character 4"):
+            list(iter_json_list(str(path), "relationships", chunk=max(chunk, 8)))
+
+
+def test_visual_genome_object_names_come_from_name_or_names():
+    """An object whose ``name`` is not a string (``null``) but has ``names`` is read by its first name, as
+    the loader's checks accept it (no AttributeError while reading)."""
+    from harness_plugins.datasets.visual_genome import object_name
+
+    assert object_name({"name": None, "names": [" Tree  Top"]}) == "tree top"
+    assert object_name({"name": "Man", "names": ["person"]}) == "man"

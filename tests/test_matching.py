@@ -15,7 +15,7 @@ import harness
 from harness.components import EvalContext
 from harness.config import load_benchmark
 from harness.data import Split
-from harness.errors import ConfigError, UnknownComponentError
+from harness.errors import ConfigError, EmptySplitError, UnknownComponentError
 from harness.jobs import plan
 from harness.metrics import retrieval_metrics_from_scores
 from harness.model import DualEncoder
@@ -344,13 +344,20 @@ def test_evaluator_on_an_oracle_a_constant_and_a_word_counter(split):
     no_val = EvalContext(model=IndexModel(lambda i, t: float(len(t))), split=indexed, train_split=indexed,
                          dataset_info=info)
     assert no_val.val_split is None
-    # a file dataset whose val split is empty says so with a ConfigError: also "no val split"
+    # a file dataset whose val split is empty says so with an EmptySplitError: also "no val split"; any
+    # other dataset error is not swallowed (the threshold would silently move to train)
     def empty_val(name):
-        raise ConfigError("split 'val' is empty: no image is assigned to it", field="val_size")
+        raise EmptySplitError("split 'val' is empty: no image is assigned to it", field="val_size")
     empty = EvalContext(model=IndexModel(lambda i, t: float(len(t))), split=indexed, train_split=indexed,
                         dataset_info=info, split_fn=empty_val)
     assert empty.val_split is None
     assert Matching().evaluate(empty) == Matching().evaluate(no_val)
+
+    def broken_val(name):
+        raise ConfigError("cannot read the val annotations", field="val_annotations")
+    with pytest.raises(ConfigError, match="cannot read the val annotations"):
+        EvalContext(model=IndexModel(lambda i, t: float(len(t))), split=indexed, train_split=indexed,
+                    dataset_info=info, split_fn=broken_val).val_split
     assert Matching().evaluate(no_val) == pytest.approx(
         matching_metrics(scores, pairs.label, pairs.kind, fit_threshold(scores, pairs.label)))
 

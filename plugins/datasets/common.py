@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import ConfigDict, ValidationError, validate_call
 
 from harness.data import Dataset, DatasetInfo, Split
-from harness.errors import ConfigError, MissingDataError
+from harness.errors import ConfigError, EmptySplitError, MissingDataError
 from harness.sources import GazeMaps, ImageFiles
 
 SPLITS = ("train", "val", "test")
@@ -138,21 +138,42 @@ def iter_json_list(path: str, field: str, chunk: int = JSON_CHUNK) -> Iterator[A
                     try:
                         item, end = decoder.raw_decode(buf, pos)
                     except json.JSONDecodeError as exc:
-                        if more():
+                        # cut by the end of the chunk: read on; an error inside the text read is the
+                        # file's, reported at once (the rest of a large file is not read for it)
+                        if _cut_short(exc, buf) and more():
                             continue
                         raise bad(f"{exc.msg} at character {consumed + exc.pos}") from None
                     after = end
                     while after < len(buf) and buf[after] in " \t\r\n":
                         after += 1
-                    # the item ends where ',' or ']' follows; otherwise it may go on in the next chunk
-                    # (a number cut at "150" of "1500.0")
-                    if (after == len(buf) or buf[after] not in ",]") and more():
+                    # the item ends where ',' or ']' follows; a number may go on in the next chunk
+                    # ("150" of "1500.0")
+                    cut = after == len(buf) or (isinstance(item, (int, float)) and len(buf) - end < 32
+                                                and buf[after] not in ",]")
+                    if cut and more():
                         continue
                     break
                 pos, first = end, False
                 yield item
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {p}: {exc}", field=field) from None
+
+
+_LITERALS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
+_NUMBER_TAIL = re.compile(r"[0-9.eE+-]*")
+
+
+def _cut_short(exc: json.JSONDecodeError, buf: str) -> bool:
+    """Whether a decode error may only mean that ``buf`` ends in the middle of the item: an unfinished
+    string, an error at the very end, a literal, a number or a unicode escape cut before its end."""
+    rest = buf[exc.pos:]
+    if exc.pos >= len(buf) or exc.msg.startswith("Unterminated string"):
+        return True
+    if exc.msg.startswith("Expecting value"):
+        return any(word.startswith(rest) for word in _LITERALS)
+    if exc.msg.startswith("Expecting ',' delimiter"):  # a number inside the item cut ("-12" of "-12.5")
+        return _NUMBER_TAIL.fullmatch(rest) is not None
+    return exc.msg.startswith("Invalid \\uXXXX escape") and len(rest) < 6
 
 
 def malformed(field: str, file: Any, where: str, problem: str) -> ConfigError:
@@ -274,7 +295,7 @@ class FileDataset(Dataset):
             raise ValueError(f"dataset {self.info.name!r} has splits {', '.join(self.splits)}; not {name!r}")
         if name not in self._splits:
             reason = self.empty_reason.get(name, "it has no images")
-            raise ConfigError(f"split {name!r} is empty: {reason}", field=self.source_field)
+            raise EmptySplitError(f"split {name!r} is empty: {reason}", field=self.source_field)
         return self._splits[name]
 
     def fingerprint(self) -> str:

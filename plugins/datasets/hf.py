@@ -84,7 +84,7 @@ class HFDataset(FileDataset):
         if getattr(table.features[image_column], "dtype", None) == "string":  # file paths: all present?
             paths = [p if images is None or os.path.isabs(p) else os.path.join(images, p)
                      for p in table[image_column]]
-            check_images_exist(paths, "images" if images is not None else image_column,
+            check_images_exist(paths, "images" if images is not None else "image_column",
                                f"{path} split {saved_name!r} column {image_column!r}")
         source = HFImages(table.select_columns([image_column]), image_column, image_size, images)
         return Split(name, source, texts, owner)

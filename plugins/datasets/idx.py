@@ -17,7 +17,7 @@ import numpy as np
 
 from harness import hookimpl
 from harness.data import Dataset, DatasetInfo, Split
-from harness.errors import ConfigError, MissingDataError
+from harness.errors import ConfigError, EmptySplitError, MissingDataError
 from harness.sources import ResizedImages
 from harness_plugins.datasets.common import caption_vocab, positive, typed_params
 
@@ -152,7 +152,7 @@ class IdxImages(Dataset):
         if name not in self._splits:
             raise ValueError(f"dataset 'idx-images' has splits {', '.join(self._splits)}; not {name!r}")
         if len(self._splits[name]) == 0:
-            raise ConfigError(f"split {name!r} is empty", field=f"{name}_size")
+            raise EmptySplitError(f"split {name!r} is empty", field=f"{name}_size")
         return self._splits[name]
 
 

@@ -165,7 +165,8 @@ def normalise(predicate: str) -> str:
 
 
 def object_name(obj: dict) -> str:
-    return normalise(obj["name"] if "name" in obj else obj["names"][0])
+    """``name`` when it is a string, else the first of ``names`` (as :func:`_check_object` accepts)."""
+    return normalise(obj["name"] if isinstance(obj.get("name"), str) else obj["names"][0])
 
 
 def read_image_data(path: str, root: str) -> dict[int, tuple[str, int, int]]:
