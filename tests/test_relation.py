@@ -632,3 +632,14 @@ def test_relation_method_trains_and_evaluates_on_visual_genome_files(tmp_path):
     with pytest.raises(ValueError, match="lacks n_objects, relations"):
         evaluator.check_split(Split(name="test", images=np.zeros((1, 3, 4, 4), np.uint8), texts=["a"],
                                     text_to_image=np.zeros(1, np.int64), extras={}))
+
+
+def test_the_colour_and_shape_term_is_refused_on_a_dataset_of_named_objects():
+    """``object_weight > 0`` needs shapes' colours and shapes; on a dataset whose objects are named (Visual
+    Genome's ``info.object_names``) it is a parameter error when the loss is built (so at validation)."""
+    named = DatasetInfo(name="visual-genome", image_shape=(3, 32, 32), text_kind="caption", vocab=["man"],
+                        predicates=["on"], object_names=["man", "horse"])
+    with pytest.raises(ValueError, match="set object_weight: 0"):
+        RelationLoss(object_weight=0.1, dataset_info=named)
+    assert RelationLoss(dataset_info=named).object_names == ["man", "horse"]
+    assert RelationLoss(object_weight=0.1, dataset_info=SHAPES_INFO).object_weight == 0.1

@@ -63,6 +63,9 @@ class RelationLoss(nn.Module):
         self.attention_head, self.relation_head = attention_head, relation_head
         self.pair_weight, self.object_weight = float(pair_weight), float(object_weight)
         self.temperature = float(temperature)
+        if self.object_weight > 0 and self.object_names:  # named objects (Visual Genome): no colour/shape
+            raise ValueError("object_weight > 0 classifies the grounded objects' colours and shapes (shapes "
+                             "scenes); this dataset names its objects instead (obj_name): set object_weight: 0")
         if self.object_weight > 0:
             self.color_classifier = nn.Linear(embed_dim, len(COLORS))
             self.shape_classifier = nn.Linear(embed_dim, len(SHAPES))
