@@ -1,5 +1,5 @@
-"""Measuring helpers shared by the benchmark scripts: wall time of one call, and the peak resident
-memory one call adds (run in a child process so that earlier allocations do not hide it)."""
+"""Helpers shared by the benchmark scripts: wall time of one call, the peak resident memory one call adds
+(run in a child process so that earlier allocations do not hide it), and a mean ± std cell over seeds."""
 
 from __future__ import annotations
 
@@ -37,3 +37,14 @@ def print_peak_delta(fn: Callable[[], Any]) -> None:
         peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # noqa: E731
     seconds, _ = timed(fn)
     print(json.dumps({"peak_delta_mb": peak() - before, "seconds": seconds}))
+
+
+def mean_std_cell(values: list[float], digits: int) -> str:
+    """``mean ± sample std`` of seeds' values, the value alone for one seed, "–" for none."""
+    import numpy as np
+
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections import defaultdict
 
 import numpy as np
@@ -22,6 +23,9 @@ from harness.config import ComponentSpec, MethodSpec
 from harness.jobs import build_encoder
 from harness.registry import default_registry
 from harness.results import load_results
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import mean_std_cell  # noqa: E402  (benchmarks/_measure.py)
 
 SCORES = [("matching/auc", "AUC all"), ("matching/auc_random", "AUC random"), ("matching/auc_hard", "AUC hard"),
           ("minimal-pairs/overall", "minimal pairs"), ("minimal-pairs/swap_objects", "swap objects"),
@@ -53,11 +57,7 @@ def parameter_counts(config: dict, dataset: dict) -> tuple[int | None, int]:
 
 
 def _cell(values: list[float], digits: int = 1) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+    return mean_std_cell(values, digits)
 
 
 def table(directory: str) -> str:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
-
-import numpy as np
+from pathlib import Path
 
 from harness.results import load_results
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import mean_std_cell  # noqa: E402  (benchmarks/_measure.py)
 
 # (setting, paper val accuracy, loss, avg similarity, paper train accuracy, loss, avg similarity)
 PAPER = {
@@ -43,11 +45,7 @@ METRICS = [f"{split}/in-batch/{m}" for split in ("val", "train") for m in ("accu
 
 
 def _cell(values: list[float], digits: int = 3) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+    return mean_std_cell(values, digits)
 
 
 def main(argv: list[str] | None = None) -> int:
