@@ -59,11 +59,13 @@ def masks_false_negatives(loss: torch.nn.Module, sampler: Sampler,
 STEP_HOOK_EVERY = 10
 
 
-def check_distributed_loss(loss: torch.nn.Module, world_size: int) -> None:
-    """``ValueError`` when ``world_size`` > 1 ranks would train ``loss`` on a different objective than
-    one process: only a loss that gathers the global batch (``gathers_across_ranks``) is exact there."""
+def check_distributed_loss(loss: Any, world_size: int) -> None:
+    """``ValueError`` when ``world_size`` > 1 ranks would train ``loss`` (a loss, or its class) on a
+    different objective than one process: only a loss that gathers the global batch
+    (``gathers_across_ranks``) is exact there."""
     if world_size > 1 and not getattr(loss, "gathers_across_ranks", False):
-        raise ValueError(f"loss {type(loss).__name__} computes its value on each rank's shard of the batch "
+        name = getattr(loss, "__name__", type(loss).__name__)
+        raise ValueError(f"loss {name} computes its value on each rank's shard of the batch "
                          f"(batch statistics or negatives from the shard), so under torchrun with "
                          f"{world_size} ranks it would train a different objective than one process; "
                          "run this method without torchrun (losses that gather the global batch, such as "

@@ -238,11 +238,10 @@ def _check_without_data(spec: BenchmarkSpec, registry: Registry, error: Any) -> 
         for stage in ([] if m.estimator is not None else m.stage_list()):
             at = f"{where}.stages[{stage.name}]" if m.stages is not None else where
             check("loss", stage.loss, f"{at}.loss")
-            if ranks > 1 and not getattr(registry.get("loss", stage.loss.name).factory, "gathers_across_ranks",
-                                         False):
-                raise error(f"loss {stage.loss.name!r} computes its value on each rank's shard of the batch, so "
-                            f"under torchrun with {ranks} ranks it would train a different objective than one "
-                            "process; run this method without torchrun", f"{at}.loss")
+            try:
+                check_distributed_loss(registry.get("loss", stage.loss.name).factory, ranks)
+            except ValueError as exc:
+                raise error(str(exc), f"{at}.loss") from None
             check("sampler", stage.sampler, f"{at}.sampler")
             for i, comp in enumerate(m.stage_train(stage).transforms):
                 check("transform", comp, f"{at}.train.transforms[{i}]")
