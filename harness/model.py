@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.components import TokenFeatures
+from harness.distributed import gather, is_distributed, shard, world_size
 from harness.loader import prepared_chunks
 from harness.sources import LazySource, SourceRows
-from harness.distributed import gather, is_distributed, shard, world_size
 
 
 def to_device(value: Any, device: torch.device) -> Any:
