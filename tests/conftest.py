@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -9,7 +10,13 @@ TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 
 # dataset caches go to a throwaway folder (inherited by `harness` subprocesses), not the user's home
-os.environ["HARNESS_CACHE_DIR"] = tempfile.mkdtemp(prefix="harness-test-cache-")
+TEST_CACHE_DIR = tempfile.mkdtemp(prefix="harness-test-cache-")
+os.environ["HARNESS_CACHE_DIR"] = TEST_CACHE_DIR
+
+
+def pytest_unconfigure(config):
+    # a full run leaves ~260 MB of dataset and feature caches there: without this every run filled /tmp
+    shutil.rmtree(TEST_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
