@@ -1,4 +1,5 @@
 import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -165,3 +166,13 @@ def test_a_misspelt_hook_is_an_error_not_a_silent_no_op(tmp_path, monkeypatch):
     registry.add_plugin(__import__("misspelt_plugin"), "misspelt")  # an object: reported, not raised
     assert any(e.name == "misspelt" and "register_lossez" in e.error for e in registry.load_errors)
     assert "never" not in registry.available("loss")["loss"]
+
+
+def test_loading_the_bundled_plugins_does_not_import_torchvision_or_sklearn_metrics():
+    # every `harness` command loads every plugin; torchvision (~1 s: it loads torch._dynamo) and
+    # sklearn.metrics are imported where they are used, not at plugin load
+    code = ("import sys; from harness.registry import default_registry; default_registry(); "
+            "print(sorted(m for m in ('torchvision', 'sklearn.metrics') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

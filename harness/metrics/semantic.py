@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import silhouette_score
 
 __all__ = ["masked_mean", "cosine_silhouette", "pc1_concreteness_r", "precision_at_k",
            "analogy_accuracy", "composition_accuracy", "search_relevance", "composed_query_precision",
@@ -54,6 +53,8 @@ def cosine_silhouette(vectors: Any, labels: Any) -> float:
     groups = len(np.unique(labels))
     if not 2 <= groups <= len(x) - 1:
         raise ValueError(f"the silhouette needs 2 to n - 1 groups; got {groups} groups of {len(x)} vectors")
+    from sklearn.metrics import silhouette_score  # on first use: sklearn.metrics takes ~0.5 s to import
+
     return float(silhouette_score(x, labels, metric="cosine"))
 
 

@@ -14,6 +14,15 @@ from typing import Sequence
 import torch
 
 
+def v2_functional():
+    """``torchvision.transforms.v2.functional``, imported on first use: importing torchvision takes about
+    a second (it loads ``torch._dynamo``), which every ``harness`` command would otherwise pay when the
+    plugins load, transforms used or not."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
+
+
 def check_probability(p: float, name: str = "p") -> float:
     """``p`` as a float in [0, 1], or a ValueError naming the parameter."""
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:

@@ -16,14 +16,12 @@ import re
 from typing import Any, Sequence
 
 import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
 from harness import hookimpl
 from harness.components import Transform
 from harness.data import DatasetInfo
 
-from .common import check_images, check_pair, check_probability, coin
+from .common import check_images, check_pair, check_probability, coin, v2_functional
 
 _SIDE_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 _OTHER_SIDE = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT",
@@ -135,7 +133,7 @@ def _resized_crop_map(maps: torch.Tensor, crop: tuple[int, int, int, int], image
     H, W = image_hw
     mh, mw = maps.shape[-2:]
     if (mh, mw) == (H, W):  # the very operation applied to the image
-        return F.resized_crop(maps.unsqueeze(1), top, left, ch, cw, [mh, mw], antialias=True).squeeze(1)
+        return v2_functional().resized_crop(maps.unsqueeze(1), top, left, ch, cw, [mh, mw], antialias=True).squeeze(1)
     # another size: sample the region's exact extent (normalised coordinates, pixel centres)
     ys = (top + (torch.arange(mh, dtype=torch.float32) + 0.5) * ch / mh) / H * 2 - 1
     xs = (left + (torch.arange(mw, dtype=torch.float32) + 0.5) * cw / mw) / W * 2 - 1
@@ -173,8 +171,10 @@ class RandomResizedCrop(Transform):
         chosen = coin(self.p, B)
         crops = torch.tensor([[0, 0, H, W]] * B, dtype=torch.long).reshape(B, 4)
         out = images.clone()
+        from torchvision.transforms.v2 import RandomResizedCrop as Sampler  # on first use: see v2_functional
+        F = v2_functional()
         for i in chosen.nonzero().flatten().tolist():
-            top, left, h, w = v2.RandomResizedCrop.get_params(images[i], list(self.scale), list(self.ratio))
+            top, left, h, w = Sampler.get_params(images[i], list(self.scale), list(self.ratio))
             crops[i] = torch.tensor([top, left, h, w])
             out[i] = F.resized_crop(images[i], top, left, h, w, [H, W], antialias=True).clamp_(0.0, 1.0)
         moved: dict[str, Any] = {}

@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torchvision.transforms.v2 import functional as F
 
 from harness import hookimpl
 from harness.components import Transform
 
-from .common import check_images, check_number, check_pair, check_probability, coin, per_image
+from .common import check_images, check_number, check_pair, check_probability, coin, per_image, v2_functional
 
 class ColorJitter(Transform):
     """Jitter each image's brightness, contrast, saturation and hue with probability ``p`` (SimCLR's).
@@ -48,6 +47,7 @@ class ColorJitter(Transform):
         factors = torch.stack([torch.empty(B).uniform_(max(0.0, 1 - x), 1 + x)
                                for x in (self.brightness, self.contrast, self.saturation)], 1)
         shifts = torch.empty(B).uniform_(-self.hue, self.hue)
+        F = v2_functional()
         ops = [lambda x, i: F.adjust_brightness(x, float(factors[i, 0])),
                lambda x, i: F.adjust_contrast(x, float(factors[i, 1])),
                lambda x, i: F.adjust_saturation(x, float(factors[i, 2])),
@@ -82,6 +82,7 @@ class Grayscale(Transform):
         chosen = coin(self.p, images.shape[0])
         if images.shape[1] == 1 or not bool(chosen.any()):
             return images.clone()
+        F = v2_functional()
         gray = F.rgb_to_grayscale(images, num_output_channels=images.shape[1])
         return torch.where(per_image(chosen, 4), gray, images)
 
@@ -118,6 +119,7 @@ class GaussianBlur(Transform):
         sigmas = torch.empty(B).uniform_(*self.sigma)
         k = blur_kernel_size(self.kernel_fraction, H, W)
         out = images.clone()
+        F = v2_functional()
         for i in chosen.nonzero().flatten().tolist():
             s = float(sigmas[i])
             out[i] = F.gaussian_blur(images[i], [k, k], [s, s]).clamp_(0.0, 1.0)
@@ -151,6 +153,7 @@ class Cutout(Transform):
         lefts = torch.randint(0, W - w + 1, (B,))
         fill = torch.full((C, h, w), self.value, dtype=images.dtype)
         out = images.clone()
+        F = v2_functional()
         for i in chosen.nonzero().flatten().tolist():
             out[i] = F.erase(images[i], int(tops[i]), int(lefts[i]), h, w, fill)
         return out
@@ -189,6 +192,7 @@ def sobel_edges(images: torch.Tensor) -> torch.Tensor:
     """The Sobel gradient magnitude of each image's grayscale (luminance) ``[B, 1, H, W]``, borders
     replicated, divided by the image's own maximum; a maximum below ``_SOBEL_FLOOR`` (a nearly flat image) is
     not amplified: the result stays near 0."""
+    F = v2_functional()
     gray = images if images.shape[1] == 1 else F.rgb_to_grayscale(images, num_output_channels=1)
     g = torch.nn.functional.pad(gray.float(), (1, 1, 1, 1), mode="replicate")
     # the 3×3 kernels [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]] and their transpose, separated into a central
