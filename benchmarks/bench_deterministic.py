@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = yaml.safe_load(Path(args.benchmark).read_text())
     methods = [m for m in config["methods"] if not args.methods or m["name"] in args.methods]
+    unknown = sorted(set(args.methods or ()) - {m["name"] for m in config["methods"]})
+    if unknown:
+        parser.error(f"{args.benchmark} has no method {', '.join(unknown)}; its methods: "
+                     f"{', '.join(m['name'] for m in config['methods'])}")
     planned = {mode: jobs(args.benchmark, config["seeds"][0], mode, args.epochs) for mode in (False, True)}
     totals = {False: 0.0, True: 0.0}
     identical = []
