@@ -165,8 +165,11 @@ def _check_out_dir(out: str) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from harness.runner import run
         _check_out_dir(args.out)
+        from harness.forkserver import start_if_processes
+        # before torch is imported here: the workers' fork server then imports it alongside
+        start_if_processes(args.file, args.overrides, args.launcher)
+        from harness.runner import run
         outcome = run(args.file, args.out, overrides=args.overrides, plugins=args.plugin,
                       overwrite=args.overwrite, progress=not args.no_progress, launcher=args.launcher,
                       launcher_options=_options(args.launcher_opt, "--launcher-opt"))

@@ -55,24 +55,6 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-#: what the fork server imports before forking workers: torch, the harness and every installed plugin
-FORK_SERVER_PRELOAD = ["harness_plugins.launchers._preload"]
-
-
-def start_fork_server() -> bool:
-    """Start multiprocessing's fork server now, importing :data:`FORK_SERVER_PRELOAD` in the background
-    while this process goes on (validating the benchmark, making the dataset), so that worker
-    processes forked from it later start at once. False where there is no fork server (not POSIX)."""
-    import multiprocessing
-    import multiprocessing.forkserver
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return False
-    multiprocessing.set_forkserver_preload(FORK_SERVER_PRELOAD)
-    multiprocessing.forkserver.ensure_running()
-    return True
-
-
 def run_task(data: dict[str, Any], threads: int | None = None) -> str:
     """Entry point of a worker process: rebuild the registry, run one task, write its result file and
     return it as JSON. ``threads`` caps torch's CPU threads unless the job sets ``train.threads``."""

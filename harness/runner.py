@@ -34,8 +34,8 @@ from harness.jobs import (Diverged, Job, _build, build_encoder, dataset_record, 
 from harness.model import DualEncoder, EstimatorModel
 from harness.metric_chart import save_metric_chart
 from harness.plots import plot_results
-from harness.config import load_benchmark
-from harness.launchers import Task, start_fork_server
+from harness.forkserver import start_if_processes
+from harness.launchers import Task
 from harness.loggers import attached_loggers, isolated_rng
 from harness.registry import Registry, default_registry
 from harness.results import RunResult, provenance, read_result, result_path, to_jsonable, write_result
@@ -235,15 +235,6 @@ def run_task_here(task: Task, registry: Registry | None = None,
     return result
 
 
-def _launcher_name(config: str | Path | Mapping[str, Any], overrides: Iterable[str]) -> str | None:
-    """The benchmark's ``launcher.name``, read before anything is validated (None when it cannot be
-    read: validation then says why)."""
-    try:
-        return load_benchmark(config, list(overrides))[0].launcher.name
-    except Exception:
-        return None
-
-
 def _listing(paths: list[str], limit: int = 5) -> str:
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
     return ", ".join(paths[:limit]) + more
@@ -272,8 +263,7 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
     plugins, overrides = list(plugins), list(overrides)
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
     progress = progress and sys.stderr.isatty()
-    if (launcher or _launcher_name(config, overrides)) == "processes":
-        start_fork_server()  # the launcher forks its workers from it: their imports overlap validation
+    start_if_processes(config, overrides, launcher)  # the workers' imports overlap validation
     spec, registry, file = prepare(config, overrides=overrides, plugins=plugins, forward_check=False)
     init_from_env()
     if rank() != 0:  # one voice: the other ranks compute the same things silently

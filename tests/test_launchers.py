@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -177,3 +178,33 @@ def test_a_launcher_from_a_third_party_plugin_runs_the_jobs_with_the_same_result
         ["seed-0.json", "seed-1.json", "seed-2.json"]
     with pytest.raises(ConfigError, match="has no parameter 'nte'"):
         run(three_seeds, tmp_path / "bad", progress=False, launcher="last-first", launcher_options={"nte": "x"})
+
+
+def test_the_fork_server_starts_only_for_the_processes_launcher(tmp_path, monkeypatch, toy_config):
+    import yaml
+
+    import harness.forkserver as forkserver
+    started = []
+    monkeypatch.setattr(forkserver, "start_fork_server", lambda: started.append(True) or True)
+    inline = tmp_path / "inline.yaml"
+    inline.write_text(yaml.safe_dump(toy_config))
+    processes = tmp_path / "processes.yaml"
+    processes.write_text(yaml.safe_dump({**toy_config, "launcher": {"name": "processes", "jobs": 2}}))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    forkserver.start_if_processes(inline, [], None)
+    forkserver.start_if_processes(broken, [], None)  # validation reports it later; nothing starts
+    forkserver.start_if_processes(processes, [], "inline")  # the command line wins
+    assert started == []
+    forkserver.start_if_processes(processes, [], None)
+    forkserver.start_if_processes(inline, [], "processes")
+    forkserver.start_if_processes(inline, ["launcher.name=processes"], None)
+    assert started == [True, True, True]
+
+
+def test_starting_the_fork_server_does_not_import_torch():
+    # `harness run` starts it before importing torch itself, so that the server's imports overlap its own
+    code = ("import sys, harness.forkserver; print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -9,7 +9,8 @@ import os
 from typing import Any, Callable, Iterator
 
 from harness import hookimpl
-from harness.launchers import Launcher, Task, cpu_count, failed_result, run_task, start_fork_server
+from harness.forkserver import start_fork_server
+from harness.launchers import Launcher, Task, cpu_count, failed_result, run_task
 from harness.results import RunResult
 
 
