@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from harness import hookimpl
 from harness.data import Dataset, DatasetInfo, Split
