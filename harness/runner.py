@@ -263,7 +263,8 @@ def run(config: str | Path | Mapping[str, Any], out_dir: str | Path = "runs", *,
     plugins, overrides = list(plugins), list(overrides)
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
     progress = progress and sys.stderr.isatty()
-    start_if_processes(config, overrides, launcher)  # the workers' imports overlap validation
+    # the workers' imports overlap validation (`harness run` started it before importing torch: a no-op)
+    start_if_processes(config, overrides, launcher)
     spec, registry, file = prepare(config, overrides=overrides, plugins=plugins, forward_check=False)
     init_from_env()
     if rank() != 0:  # one voice: the other ranks compute the same things silently

@@ -133,7 +133,8 @@ def _resized_crop_map(maps: torch.Tensor, crop: tuple[int, int, int, int], image
     H, W = image_hw
     mh, mw = maps.shape[-2:]
     if (mh, mw) == (H, W):  # the very operation applied to the image
-        return v2_functional().resized_crop(maps.unsqueeze(1), top, left, ch, cw, [mh, mw], antialias=True).squeeze(1)
+        F = v2_functional()
+        return F.resized_crop(maps.unsqueeze(1), top, left, ch, cw, [mh, mw], antialias=True).squeeze(1)
     # another size: sample the region's exact extent (normalised coordinates, pixel centres)
     ys = (top + (torch.arange(mh, dtype=torch.float32) + 0.5) * ch / mh) / H * 2 - 1
     xs = (left + (torch.arange(mw, dtype=torch.float32) + 0.5) * cw / mw) / W * 2 - 1
